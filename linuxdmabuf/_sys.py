@@ -1,0 +1,139 @@
+"""The one place that performs ioctls and turns errno into exceptions.
+
+Every kernel failure becomes ``OSError(errno, message)`` -- Python then picks
+``PermissionError``, ``FileNotFoundError`` and so on from the errno -- with a
+message naming the operation and, where one exists, the fix. ``ENOTTY`` from an
+ioctl the running kernel does not know becomes :class:`UnsupportedError`.
+"""
+import errno
+import math
+import os
+import select
+import time
+
+from ._uapi import ffi, lib
+
+
+class UnsupportedError(OSError):
+    """The running kernel (or its configuration) lacks the feature asked for."""
+
+    __module__ = "linuxdmabuf"
+
+
+GRANT_ACCESS = ("grant access with a udev rule for a group you are in "
+                "(udmabuf-setup.sh from linuxdmabuf's source does exactly that), "
+                "or see `python -m linuxdmabuf info`")
+
+
+def os_error(err: int, what: str, fix: str = "") -> OSError:
+    """``OSError`` (or its errno subclass) for `err` while doing `what`."""
+    message = f"{what}: {os.strerror(err)}"
+    if fix:
+        message += f" -- {fix}"
+    if err == errno.ENOTTY:
+        return UnsupportedError(err, message)
+    return OSError(err, message)
+
+
+def ioctl(fd: int, request: int, arg, what: str, fixes=None) -> int:
+    """ioctl(2); returns its non-negative result.
+
+    Retries ``EINTR`` (the call did nothing and Python's signal handlers have
+    run in between, as PEP 475 does for os functions). `fixes` maps an errno
+    to the hint added to the exception's message.
+    """
+    while True:
+        ret = lib.ioctl(fd, request, arg)
+        if ret >= 0:
+            return ret
+        err = ffi.errno
+        if err != errno.EINTR:
+            raise os_error(err, what, fixes.get(err, "") if fixes else "")
+
+
+def ioctl_restart(fd: int, request: int, arg, what: str) -> None:
+    """ioctl(2) for calls the kernel asks to restart on EINTR *and* EAGAIN
+    (DMA_BUF_IOCTL_SYNC: Documentation/driver-api/dma-buf.rst)."""
+    while lib.ioctl(fd, request, arg) < 0:
+        err = ffi.errno
+        if err != errno.EINTR and err != errno.EAGAIN:
+            raise os_error(err, what)
+
+
+def check_timeout(timeout) -> float | None:
+    """Validate a timeout in seconds: None or inf wait forever, 0 polls."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
+
+
+_MAX_POLL_MS = 2**31 - 1
+
+
+def poll_fd(fd: int, events: int, timeout: float | None) -> bool:
+    """Wait until `fd` reports one of `events`; False when `timeout` passes.
+
+    poll(2) with the GIL released. select.poll retries EINTR with the
+    remaining time itself (PEP 475); waits longer than poll's int milliseconds
+    are made in chunks against one monotonic deadline.
+    """
+    p = select.poll()
+    p.register(fd, events)
+    if timeout is None:
+        while not p.poll():
+            pass
+        return True
+    deadline = time.monotonic() + timeout
+    while True:
+        ms = min(math.ceil(timeout * 1000), _MAX_POLL_MS)
+        if p.poll(ms):
+            return True
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            return False
+
+
+def fd_target(fd: int) -> str:
+    """What /proc/self/fd/<fd> points to ("/dmabuf:<name>", "anon_inode:sync_file"...)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:
+        if not os.path.isdir("/proc/self/fd"):
+            raise OSError(errno.ENOENT, "/proc is not mounted: linuxdmabuf identifies fds through /proc/self/fd") from None
+        raise os_error(errno.EBADF, f"fd {fd}") from None
+
+
+def check_fd(fd, allow_fileno: bool = True) -> int:
+    """The fd number of an int (or, if allowed, of an object with fileno())."""
+    if isinstance(fd, bool):
+        raise TypeError("expected a file descriptor (int), not bool")
+    if not isinstance(fd, int):
+        if not allow_fileno:
+            raise TypeError(f"expected a file descriptor (int) to adopt, not {type(fd).__name__}; "
+                            "use fromfd() to duplicate another object's fd")
+        fileno = getattr(fd, "fileno", None)
+        if fileno is None:
+            raise TypeError(f"expected a file descriptor (int or object with fileno()), not {type(fd).__name__}")
+        fd = fileno()
+        if not isinstance(fd, int) or isinstance(fd, bool):
+            raise TypeError(f"fileno() returned {type(fd).__name__}, not int")
+    if fd < 0:
+        raise ValueError(f"invalid file descriptor {fd}")
+    return fd
+
+
+def encode_name(name, what: str, limit: int = 31) -> bytes:
+    """A kernel name field: str or bytes, no NUL, at most `limit` bytes."""
+    if isinstance(name, str):
+        name = name.encode()
+    elif not isinstance(name, (bytes, bytearray)):
+        raise TypeError(f"{what} must be str or bytes, not {type(name).__name__}")
+    if b"\0" in name:
+        raise ValueError(f"{what} must not contain NUL bytes")
+    if len(name) > limit:
+        raise ValueError(f"{what} is {len(name)} bytes; the kernel keeps at most {limit} (plus NUL)")
+    return bytes(name)

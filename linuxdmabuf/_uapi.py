@@ -1,0 +1,94 @@
+"""The raw layer: the kernel's names for its structs, constants and ioctls.
+
+Struct layouts come from cdefs/ (one file per kernel header) through cffi's
+generated module; the ioctl request numbers are computed here exactly as the
+headers' _IO/_IOW/_IOWR macros compute them, from the sizes cffi reports.
+tests/test_uapi_layout.py compiles a C probe against the kernel's own headers
+and checks every number and offset below against it.
+"""
+import os
+
+from ._ffi import ffi
+
+lib = ffi.dlopen(None)  # the C library: only ioctl() is declared (cdefs/libc.h)
+
+# include/uapi/asm-generic/ioctl.h; alpha, mips, powerpc and sparc override the
+# widths and direction values in their own asm/ioctl.h.
+if os.uname().machine.startswith(("alpha", "mips", "ppc", "powerpc", "sparc")):
+    _IOC_SIZEBITS, _IOC_NONE, _IOC_READ, _IOC_WRITE = 13, 1, 2, 4
+else:
+    _IOC_SIZEBITS, _IOC_NONE, _IOC_READ, _IOC_WRITE = 14, 0, 2, 1
+_IOC_NRSHIFT = 0
+_IOC_TYPESHIFT = 8
+_IOC_SIZESHIFT = 16
+_IOC_DIRSHIFT = _IOC_SIZESHIFT + _IOC_SIZEBITS
+
+
+def _IOC(direction: int, type_: str, nr: int, size: int) -> int:
+    if size >= 1 << _IOC_SIZEBITS:
+        raise ValueError(f"ioctl argument of {size} bytes does not fit in _IOC_SIZEBITS")
+    return (direction << _IOC_DIRSHIFT) | (ord(type_) << _IOC_TYPESHIFT) | (nr << _IOC_NRSHIFT) | (size << _IOC_SIZESHIFT)
+
+
+def _IOW(type_: str, nr: int, ctype: str) -> int:
+    return _IOC(_IOC_WRITE, type_, nr, ffi.sizeof(ctype))
+
+
+def _IOWR(type_: str, nr: int, ctype: str) -> int:
+    return _IOC(_IOC_READ | _IOC_WRITE, type_, nr, ffi.sizeof(ctype))
+
+
+# linux/dma-buf.h
+DMA_BUF_IOCTL_SYNC = _IOW("b", 0, "struct dma_buf_sync")
+DMA_BUF_SET_NAME = _IOW("b", 1, "char *")  # the header's own definition: the pointer's size
+DMA_BUF_SET_NAME_A = _IOW("b", 1, "__u32")
+DMA_BUF_SET_NAME_B = _IOW("b", 1, "__u64")
+DMA_BUF_IOCTL_EXPORT_SYNC_FILE = _IOWR("b", 2, "struct dma_buf_export_sync_file")
+DMA_BUF_IOCTL_IMPORT_SYNC_FILE = _IOW("b", 3, "struct dma_buf_import_sync_file")
+DMA_BUF_SYNC_READ = ffi.integer_const("DMA_BUF_SYNC_READ")
+DMA_BUF_SYNC_WRITE = ffi.integer_const("DMA_BUF_SYNC_WRITE")
+DMA_BUF_SYNC_RW = ffi.integer_const("DMA_BUF_SYNC_RW")
+DMA_BUF_SYNC_START = ffi.integer_const("DMA_BUF_SYNC_START")
+DMA_BUF_SYNC_END = ffi.integer_const("DMA_BUF_SYNC_END")
+DMA_BUF_SYNC_VALID_FLAGS_MASK = ffi.integer_const("DMA_BUF_SYNC_VALID_FLAGS_MASK")
+DMA_BUF_NAME_LEN = ffi.integer_const("DMA_BUF_NAME_LEN")
+
+# linux/dma-heap.h
+DMA_HEAP_IOCTL_ALLOC = _IOWR("H", 0, "struct dma_heap_allocation_data")
+DMA_HEAP_VALID_FD_FLAGS = ffi.integer_const("DMA_HEAP_VALID_FD_FLAGS")
+
+# linux/udmabuf.h
+UDMABUF_CREATE = _IOW("u", 0x42, "struct udmabuf_create")
+UDMABUF_CREATE_LIST = _IOW("u", 0x43, "struct udmabuf_create_list")
+UDMABUF_FLAGS_CLOEXEC = ffi.integer_const("UDMABUF_FLAGS_CLOEXEC")
+
+# linux/sync_file.h
+SYNC_IOC_MERGE = _IOWR(">", 3, "struct sync_merge_data")
+SYNC_IOC_FILE_INFO = _IOWR(">", 4, "struct sync_file_info")
+SYNC_IOC_SET_DEADLINE = _IOW(">", 5, "struct sync_set_deadline")
+
+# drivers/dma-buf/sw_sync.c
+SW_SYNC_IOC_CREATE_FENCE = _IOWR("W", 0, "struct sw_sync_create_fence_data")
+SW_SYNC_IOC_INC = _IOW("W", 1, "__u32")
+SW_SYNC_GET_DEADLINE = _IOWR("W", 2, "struct sw_sync_get_deadline")
+
+# drm/drm.h, drm/drm_mode.h, drm/vgem_drm.h (DRM_IO* use _IO* with type 'd')
+DRM_COMMAND_BASE = ffi.integer_const("DRM_COMMAND_BASE")
+DRM_IOCTL_VERSION = _IOWR("d", 0x00, "struct drm_version")
+DRM_IOCTL_GEM_CLOSE = _IOW("d", 0x09, "struct drm_gem_close")
+DRM_IOCTL_GET_CAP = _IOWR("d", 0x0C, "struct drm_get_cap")
+DRM_IOCTL_PRIME_HANDLE_TO_FD = _IOWR("d", 0x2D, "struct drm_prime_handle")
+DRM_IOCTL_PRIME_FD_TO_HANDLE = _IOWR("d", 0x2E, "struct drm_prime_handle")
+DRM_IOCTL_MODE_CREATE_DUMB = _IOWR("d", 0xB2, "struct drm_mode_create_dumb")
+DRM_IOCTL_MODE_MAP_DUMB = _IOWR("d", 0xB3, "struct drm_mode_map_dumb")
+DRM_IOCTL_MODE_DESTROY_DUMB = _IOWR("d", 0xB4, "struct drm_mode_destroy_dumb")
+DRM_IOCTL_VGEM_FENCE_ATTACH = _IOWR("d", DRM_COMMAND_BASE + ffi.integer_const("DRM_VGEM_FENCE_ATTACH"),
+                                    "struct drm_vgem_fence_attach")
+DRM_IOCTL_VGEM_FENCE_SIGNAL = _IOW("d", DRM_COMMAND_BASE + ffi.integer_const("DRM_VGEM_FENCE_SIGNAL"),
+                                   "struct drm_vgem_fence_signal")
+DRM_CAP_PRIME = ffi.integer_const("DRM_CAP_PRIME")
+DRM_PRIME_CAP_IMPORT = ffi.integer_const("DRM_PRIME_CAP_IMPORT")
+DRM_PRIME_CAP_EXPORT = ffi.integer_const("DRM_PRIME_CAP_EXPORT")
+VGEM_FENCE_WRITE = ffi.integer_const("VGEM_FENCE_WRITE")
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")

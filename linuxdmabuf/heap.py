@@ -1,0 +1,143 @@
+"""DMA-BUF heaps: /dev/dma_heap/<name> allocators (drivers/dma-buf/dma-heap.c)."""
+import errno
+import os
+import stat
+
+from . import _uapi
+from ._fd import FdObject
+from ._sys import GRANT_ACCESS, fd_target, ioctl, os_error
+from ._uapi import ffi
+from .dmabuf import DmaBuf
+
+HEAP_DIR = "/dev/dma_heap"
+
+
+def _meminfo_kib(field: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class Heap(FdObject):
+    """A dma-heap device: allocates dma-bufs with DMA_HEAP_IOCTL_ALLOC.
+
+    ``Heap("system")`` opens /dev/dma_heap/system; ``Heap(fd)`` adopts an open
+    heap fd. Which heaps exist depends on the kernel: "system" (page
+    allocator) with CONFIG_DMABUF_HEAPS_SYSTEM, and one per CMA area with
+    CONFIG_DMABUF_HEAPS_CMA, whose names vary ("default_cma_region",
+    "reserved", "linux,cma"...): use Heap.available(kind="cma").
+    """
+
+    __slots__ = ("_path", "_kind")
+
+    def __init__(self, name="system"):
+        if isinstance(name, int) and not isinstance(name, bool):
+            super().__init__(name)
+            return
+        self._fd = -1
+        if not isinstance(name, str):
+            raise TypeError(f"heap name must be a str (or an fd to adopt), not {type(name).__name__}")
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"invalid heap name {name!r}")
+        path = os.path.join(HEAP_DIR, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            heaps = Heap.available()
+            fix = (f"the heaps here are: {', '.join(heaps)}" if heaps else
+                   "this kernel has no dma-heaps (CONFIG_DMABUF_HEAPS, CONFIG_DMABUF_HEAPS_SYSTEM/_CMA)")
+            raise os_error(e.errno, f"no dma-heap {path}", fix) from None
+        except PermissionError as e:
+            raise os_error(e.errno, f"open {path}", GRANT_ACCESS) from None
+        self._adopt(fd)
+
+    def _adopt(self, fd: int) -> None:
+        self._path = fd_target(fd)
+        self._kind = None
+        super()._adopt(fd)
+
+    def _validate(self, fd: int) -> None:
+        if not stat.S_ISCHR(os.fstat(fd).st_mode) or not fd_target(fd).startswith(HEAP_DIR + "/"):
+            raise ValueError(f"fd {fd} is not a dma-heap device (it is {fd_target(fd)!r})")
+
+    def _repr_fields(self) -> str:
+        return f" name={self.name!r}"
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self._path)
+
+    @staticmethod
+    def available(kind: str | None = None) -> list:
+        """Names of the heaps under /dev/dma_heap, sorted ([] if there are none).
+
+        With `kind` ("system" or "cma"), only the heaps of that kind, which
+        means opening each one (see Heap.kind); heaps this process may not
+        open are left out then.
+        """
+        try:
+            names = sorted(os.listdir(HEAP_DIR))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        if kind is None:
+            return names
+        if kind not in ("system", "cma"):
+            raise ValueError(f"kind must be 'system' or 'cma', not {kind!r}")
+        found = []
+        for name in names:
+            try:
+                with Heap(name) as heap:
+                    if heap.kind == kind:
+                        found.append(name)
+            except OSError:
+                pass
+        return found
+
+    @property
+    def kind(self) -> str:
+        """"cma" if this heap allocates from a CMA area, else "system".
+
+        Discovered, not guessed from the name: a heap is CMA if
+        /sys/kernel/mm/cma/<name> exists (CONFIG_CMA_SYSFS) or if allocating
+        1 MiB from it takes 1 MiB out of /proc/meminfo's CmaFree.
+        """
+        if self._kind is None:
+            self._kind = "cma" if self._draws_from_cma() else "system"
+        return self._kind
+
+    def _draws_from_cma(self) -> bool:
+        if os.path.isdir(f"/sys/kernel/mm/cma/{self.name}"):
+            return True
+        if not _meminfo_kib("CmaTotal"):
+            return False
+        before = _meminfo_kib("CmaFree")
+        try:
+            with self.allocate(1 << 20):
+                return before - _meminfo_kib("CmaFree") >= 1024
+        except OSError:
+            return False
+
+    def allocate(self, size: int, *, readonly: bool = False) -> DmaBuf:
+        """DMA_HEAP_IOCTL_ALLOC: a new dma-buf of `size` bytes (rounded up to pages).
+
+        The fd is O_CLOEXEC, O_RDWR (O_RDONLY with readonly=True: writable
+        mappings are then refused). ENOMEM when the heap cannot satisfy it
+        (a CMA pool is small and must be contiguous).
+        """
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"size must be an int, not {type(size).__name__}")
+        if not 0 < size <= 2**64 - _uapi.PAGE_SIZE:
+            raise ValueError(f"size must be a positive number of bytes below 2**64 - page size, not {size}")
+        data = ffi.new("struct dma_heap_allocation_data *")
+        data.len = size
+        data.fd_flags = os.O_CLOEXEC | (os.O_RDONLY if readonly else os.O_RDWR)
+        ioctl(self.fileno(), _uapi.DMA_HEAP_IOCTL_ALLOC, data, f"DMA_HEAP_IOCTL_ALLOC of {size} bytes from {self._path}",
+              {errno.ENOMEM: f"{self.name} cannot supply {size} bytes now"})
+        return DmaBuf._wrap(data.fd)
+

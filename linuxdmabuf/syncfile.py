@@ -1,0 +1,204 @@
+"""sync_file: an explicit fence as a file descriptor (drivers/dma-buf/sync_file.c)."""
+import enum
+import errno
+import select
+from dataclasses import dataclass
+
+from . import _uapi
+from ._fd import FdObject
+from ._sys import check_fd, check_timeout, encode_name, fd_target, ioctl, poll_fd
+from ._uapi import ffi
+
+
+class FenceStatus(enum.Enum):
+    """A fence's state as the kernel reports it (dma_fence_get_status)."""
+
+    ACTIVE = 0
+    SIGNALED = 1
+    ERROR = -1
+
+    @classmethod
+    def from_kernel(cls, status: int) -> "FenceStatus":
+        """1 signaled, 0 active, a negative errno for a fence signaled with an error."""
+        return cls.SIGNALED if status > 0 else cls.ACTIVE if status == 0 else cls.ERROR
+
+
+@dataclass(frozen=True)
+class FenceInfo:
+    """One fence of a sync_file (struct sync_fence_info).
+
+    The kernel names every *signaled* fence's driver "detached-driver" and its
+    timeline "signaled-timeline". `error` is the errno of an ERROR fence, else 0.
+    `timestamp_ns` is the CLOCK_MONOTONIC signal time, 0 while active.
+    """
+
+    obj_name: str
+    driver_name: str
+    status: FenceStatus
+    flags: int
+    timestamp_ns: int
+    error: int = 0
+
+
+@dataclass(frozen=True)
+class SyncFileInfo:
+    """SYNC_IOC_FILE_INFO: the sync_file's name, overall status and its fences."""
+
+    name: str
+    status: FenceStatus
+    fences: list
+    error: int = 0
+
+
+def _text(chars) -> str:
+    return ffi.string(chars).decode(errors="replace")
+
+
+class SyncFile(FdObject):
+    """A sync_file fd: one fence (possibly an array of fences) that signals once.
+
+    Made by DmaBuf.export_sync_file(), SyncFile.merge(), SwSyncTimeline and by
+    drivers. poll() reports POLLIN once the fence signaled, with or without an
+    error. Every fd the kernel makes for one carries O_CLOEXEC.
+    """
+
+    __slots__ = ()
+
+    def _validate(self, fd: int) -> None:
+        if fd_target(fd) != "anon_inode:sync_file":
+            raise ValueError(f"fd {fd} is not a sync_file (it is {fd_target(fd)!r})")
+
+    # -- waiting -----------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the fence: True once signaled (also with an error), False on timeout.
+
+        poll(POLLIN) with the GIL released; a signal handler that returns
+        resumes the wait with the remaining time.
+        """
+        timeout = check_timeout(timeout)
+        return poll_fd(self.fileno(), select.POLLIN, timeout)
+
+    @property
+    def signaled(self) -> bool:
+        """True if the fence has signaled (successfully or with an error). Non-blocking."""
+        return poll_fd(self.fileno(), select.POLLIN, 0)
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """Await the fence on the running asyncio loop, with no thread.
+
+        The loop watches the fd for POLLIN. True once signaled, False on
+        timeout; cancelling the awaiting task stops watching the fd.
+        """
+        return await wait_readable_async(self.fileno(), check_timeout(timeout))
+
+    # -- inspection ---------------------------------------------------------
+
+    def _file_info(self, num_fences: int, fences) -> "ffi.CData":
+        info = ffi.new("struct sync_file_info *")
+        info.num_fences = num_fences
+        if fences is not None:
+            info.sync_fence_info = int(ffi.cast("uintptr_t", fences))
+        ioctl(self.fileno(), _uapi.SYNC_IOC_FILE_INFO, info, "SYNC_IOC_FILE_INFO")
+        return info
+
+    @property
+    def status(self) -> FenceStatus:
+        """ACTIVE, SIGNALED or ERROR (SYNC_IOC_FILE_INFO with no fence array)."""
+        return FenceStatus.from_kernel(self._file_info(0, None).status)
+
+    def info(self) -> SyncFileInfo:
+        """SYNC_IOC_FILE_INFO, both passes: the count, then every fence's details."""
+        count = self._file_info(0, None).num_fences
+        fences = ffi.new("struct sync_fence_info[]", max(count, 1))
+        info = self._file_info(count, fences)
+        return SyncFileInfo(
+            name=_text(info.name),
+            status=FenceStatus.from_kernel(info.status),
+            error=-info.status if info.status < 0 else 0,
+            fences=[FenceInfo(obj_name=_text(f.obj_name), driver_name=_text(f.driver_name),
+                              status=FenceStatus.from_kernel(f.status), flags=f.flags,
+                              timestamp_ns=f.timestamp_ns, error=-f.status if f.status < 0 else 0)
+                    for f in fences[0:info.num_fences]],
+        )
+
+    # -- combining -----------------------------------------------------------
+
+    def merge(self, *others: "SyncFile", name: str = "merged") -> "SyncFile":
+        """A new sync_file that signals once this one and all `others` have (SYNC_IOC_MERGE).
+
+        Merged pairwise. The kernel drops already-signaled fences and keeps
+        one fence per timeline (the later one); merging a fence with itself
+        is allowed. ENOENT from the kernel means an argument is not a sync_file.
+        """
+        if not others:
+            raise TypeError("merge() needs at least one other SyncFile (merge(self) merges a fence with itself)")
+        data = ffi.new("struct sync_merge_data *")
+        data.name = encode_name(name, "sync_file name")
+        result = self
+        for other in others:
+            if not isinstance(other, SyncFile):
+                raise TypeError(f"can only merge SyncFile objects, not {type(other).__name__}")
+            data.fd2 = other.fileno()
+            try:
+                ioctl(result.fileno(), _uapi.SYNC_IOC_MERGE, data, "SYNC_IOC_MERGE",
+                      {errno.ENOENT: "the other fd is not a sync_file"})
+                merged = SyncFile._wrap(data.fence)
+            finally:
+                if result is not self:
+                    result.close()
+            result = merged
+        return result
+
+    @classmethod
+    def merge_all(cls, sync_files, name: str = "merged") -> "SyncFile":
+        """One sync_file for all of `sync_files` (an iterable of at least one)."""
+        first, *rest = list(sync_files) or [None]
+        if first is None:
+            raise ValueError("merge_all() needs at least one SyncFile")
+        if not isinstance(first, SyncFile):
+            raise TypeError(f"can only merge SyncFile objects, not {type(first).__name__}")
+        return first.merge(*(rest or [first]), name=name)
+
+    def set_deadline(self, deadline_ns: int) -> None:
+        """Hint the fence's driver that it should signal by `deadline_ns`.
+
+        SYNC_IOC_SET_DEADLINE (Linux 6.3+): an absolute CLOCK_MONOTONIC time in
+        nanoseconds (see time.clock_gettime_ns(time.CLOCK_MONOTONIC)). A no-op
+        for a signaled fence or a driver without deadline support.
+        """
+        if isinstance(deadline_ns, bool) or not isinstance(deadline_ns, int):
+            raise TypeError(f"deadline_ns must be an int (CLOCK_MONOTONIC nanoseconds), not {type(deadline_ns).__name__}")
+        if not 0 <= deadline_ns < 2**64:
+            raise ValueError(f"deadline_ns must be within 0..2**64-1, not {deadline_ns}")
+        data = ffi.new("struct sync_set_deadline *")
+        data.deadline_ns = deadline_ns
+        ioctl(self.fileno(), _uapi.SYNC_IOC_SET_DEADLINE, data, "SYNC_IOC_SET_DEADLINE",
+              {errno.ENOTTY: "fence deadlines need Linux 6.3 or later"})
+
+
+async def wait_readable_async(fd: int, timeout: float | None, writable: bool = False) -> bool:
+    """Await POLLIN (or POLLOUT) on `fd` through the running loop's selector."""
+    import asyncio  # here, not at the top: it costs ~15 ms of `import linuxdmabuf`
+
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
+    add(fd, lambda: future.done() or future.set_result(True))
+    try:
+        if timeout is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            return False
+    finally:
+        remove(fd)
+
+
+def check_sync_file(sync_file) -> int:
+    """The fd of a SyncFile, or a plain int fd taken as one."""
+    if isinstance(sync_file, SyncFile):
+        return sync_file.fileno()
+    return check_fd(sync_file, allow_fileno=False)
+
