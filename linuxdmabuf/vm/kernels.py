@@ -1,0 +1,294 @@
+"""Kernels for the VM runner: resolve a spec to a bootable image, fetching and
+caching it under the user's cache directory.
+
+Specs:
+  full         every dma-buf feature (udmabuf, system + CMA heaps, sw_sync,
+               vgem, vkms, 9p built in): $LINUXDMABUF_FULL_KERNEL, a cached
+               build, the prebuilt one beside a source checkout
+               (../shared/kernels), else built once from Debian's linux-source
+               with dmabuf.config (about 20 minutes on 2 cores).
+  debian-7.2   Debian sid's stock kernel, debian-6.12 trixie's: image and
+               modules fetched with apt-get download from the Debian mirror
+               this machine's apt already uses.
+  PATH         any kernel image.
+
+A cache entry is complete or absent: each is assembled in a temporary
+directory and renamed into place as the last step, so an interrupted download
+or build leaves nothing that looks usable. A second run uses the cache and
+touches no network.
+"""
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIG_FRAGMENT = os.path.join(HERE, "dmabuf.config")
+
+# spec -> (Debian suite, kernel version prefix)
+DEBIAN = {"debian-7.2": ("unstable", "7.2"), "debian-6.12": ("trixie", "6.12")}
+SPECS = ("full", *DEBIAN)
+
+
+class KernelError(Exception):
+    """A kernel spec that cannot be resolved, fetched or built; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    spec: str
+    image: str
+    version: str | None = None
+
+
+def cache_dir() -> str:
+    """$LINUXDMABUF_CACHE, else $XDG_CACHE_HOME/linuxdmabuf, else ~/.cache/linuxdmabuf."""
+    explicit = os.environ.get("LINUXDMABUF_CACHE")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "linuxdmabuf")
+
+
+def _version_key(version: str):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", version)]
+
+
+def _cached(spec: str) -> Kernel | None:
+    """The newest complete cache entry for `spec`."""
+    entries = []
+    for meta in glob.glob(os.path.join(cache_dir(), "kernels", spec, "*", "kernel.json")):
+        with open(meta) as f:
+            info = json.load(f)
+        image = os.path.join(os.path.dirname(meta), info["image"])
+        if os.path.exists(image):
+            entries.append(Kernel(spec, image, info["version"]))
+    return max(entries, key=lambda k: _version_key(k.version or ""), default=None)
+
+
+def _commit(spec: str, version: str, staging: str, image_relpath: str, **extra) -> Kernel:
+    """Write kernel.json and move a finished staging directory into the cache."""
+    with open(os.path.join(staging, "kernel.json"), "w") as f:
+        json.dump({"spec": spec, "version": version, "image": image_relpath, **extra}, f, indent=1)
+    final = os.path.join(cache_dir(), "kernels", spec, version)
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(staging, final)
+    return Kernel(spec, os.path.join(final, image_relpath), version)
+
+
+def _staging(spec: str) -> str:
+    parent = os.path.join(cache_dir(), "kernels", spec)
+    os.makedirs(parent, exist_ok=True)
+    for stale in glob.glob(os.path.join(parent, ".partial-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=".partial-", dir=parent)
+
+
+def resolve(spec: str, *, fetch: bool = True, log=None) -> Kernel:
+    """The kernel for `spec`, fetching or building it if it is not cached and `fetch` allows."""
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    if spec not in SPECS:
+        if os.path.sep in spec or os.path.exists(spec):
+            if not os.path.isfile(spec):
+                raise KernelError(f"kernel image {spec} does not exist")
+            return Kernel(spec, os.path.abspath(spec))
+        raise KernelError(f"unknown kernel spec {spec!r}: use one of {', '.join(SPECS)} or a path to a kernel image")
+    if spec == "full":
+        image = os.environ.get("LINUXDMABUF_FULL_KERNEL")
+        if image:
+            if not os.path.isfile(image):
+                raise KernelError(f"LINUXDMABUF_FULL_KERNEL={image} does not exist")
+            return Kernel(spec, image)
+        kernel = _cached(spec) or _prebuilt_full()
+        if kernel:
+            return kernel
+        if not fetch:
+            raise KernelError("no full kernel cached; run `linuxdmabuf vm --fetch full` to build it")
+        return build_full(log)
+    kernel = _cached(spec)
+    if kernel:
+        return kernel
+    if not fetch:
+        raise KernelError(f"{spec} is not cached; run `linuxdmabuf vm --fetch {spec}`")
+    return fetch_debian(spec, log)
+
+
+def _prebuilt_full() -> Kernel | None:
+    """The prebuilt full kernel of a source checkout (<checkout>/../shared/kernels)."""
+    checkout = os.path.dirname(os.path.dirname(HERE))
+    if not os.path.exists(os.path.join(checkout, "pyproject.toml")):
+        return None
+    images = sorted(glob.glob(os.path.join(checkout, "..", "shared", "kernels", "bzImage-*-dmabuf-full")),
+                    key=_version_key)
+    if not images:
+        return None
+    version = os.path.basename(images[-1])[len("bzImage-"):]
+    return Kernel("full", os.path.abspath(images[-1]), version)
+
+
+# -- Debian's kernels -----------------------------------------------------------------
+
+
+def debian_mirror() -> str:
+    """The Debian mirror URI this machine's apt already uses ($LINUXDMABUF_DEBIAN_MIRROR overrides)."""
+    explicit = os.environ.get("LINUXDMABUF_DEBIAN_MIRROR")
+    if explicit:
+        return explicit
+    texts = []
+    for path in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*"))]:
+        try:
+            with open(path) as f:
+                texts.append(f.read())
+        except OSError:
+            pass
+    for line in "\n".join(texts).splitlines():
+        line = line.strip()
+        if line.startswith(("deb ", "URIs:")):
+            match = re.search(r"(https?://\S+/debian)/?(\s|$)", line)
+            if match:
+                return match.group(1)
+    raise KernelError("no Debian mirror in apt's sources (/etc/apt/sources.list*): Debian's kernels are fetched "
+                      "from the mirror apt already uses; set LINUXDMABUF_DEBIAN_MIRROR=<http://.../debian> "
+                      "or pass a kernel image path")
+
+
+def _run(cmd: list, what: str, **kwargs) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    except FileNotFoundError:
+        raise KernelError(f"{what}: {cmd[0]} is not installed") from None
+    if done.returncode:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise KernelError(f"{what} failed (exit {done.returncode}): " + " / ".join(tail))
+    return done.stdout
+
+
+class _Apt:
+    """apt-get against one Debian suite, in a private state directory (the system's apt is untouched)."""
+
+    def __init__(self, suite: str, workdir: str):
+        mirror = debian_mirror()
+        keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+        if not os.path.exists(keyring):
+            raise KernelError(f"{keyring} is missing: apt-get install debian-archive-keyring")
+        os.makedirs(os.path.join(workdir, "lists", "partial"))
+        sources = os.path.join(workdir, "sources.list")
+        with open(sources, "w") as f:
+            f.write(f"deb [signed-by={keyring}] {mirror} {suite} main\n")
+        self.mirror, self.suite = mirror, suite
+        self.opts = ["-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=-",
+                     "-o", f"Dir::State::Lists={os.path.join(workdir, 'lists')}",
+                     "-o", f"Dir::Cache={os.path.join(workdir, 'cache')}", "-o", "Debug::NoLocking=1"]
+        _run(["apt-get", *self.opts, "-qq", "update"], f"apt-get update of {suite} from {mirror}")
+
+    def newest(self, pattern: str) -> str | None:
+        names = _run(["apt-cache", *self.opts, "pkgnames"], "apt-cache pkgnames").split()
+        found = [n for n in names if re.fullmatch(pattern, n)]
+        return max(found, key=_version_key, default=None)
+
+    def download(self, packages: list, into: str) -> None:
+        _run(["apt-get", *self.opts, "-qq", "download", *packages],
+             f"apt-get download {' '.join(packages)} from {self.mirror} {self.suite}", cwd=into)
+
+
+def _arch() -> str:
+    machine = os.uname().machine
+    if machine != "x86_64":
+        raise KernelError(f"Debian kernel specs are for x86_64 hosts, not {machine}; pass a kernel image path")
+    return "amd64"
+
+
+def fetch_debian(spec: str, log) -> Kernel:
+    """Download Debian's kernel for `spec`, unpack it with its modules (depmod'ed), cache it."""
+    suite, series = DEBIAN[spec]
+    arch = _arch()
+    staging = _staging(spec)
+    try:
+        apt = _Apt(suite, os.path.join(staging, "apt"))
+        ver = re.escape(series) + r"\.[0-9.]+(\+deb[0-9]+)?-" + arch
+        binary = apt.newest(f"linux-binary-{ver}")  # sid splits image, modules and base files
+        if binary:
+            kver = binary[len("linux-binary-"):]
+            packages = [binary, f"linux-modules-{kver}", f"linux-base-{kver}"]
+        else:
+            image = apt.newest(f"linux-image-{ver}-unsigned")
+            if not image:
+                raise KernelError(f"Debian {suite} at {apt.mirror} has no Linux {series} kernel for {arch} any more; "
+                                  "pass a kernel image path instead")
+            kver = image[len("linux-image-"):-len("-unsigned")]
+            packages = [image]
+        log(f"linuxdmabuf vm: fetching {spec} ({', '.join(packages)}) from {apt.mirror} {suite}")
+        debs = os.path.join(staging, "debs")
+        os.makedirs(debs)
+        apt.download(packages, debs)
+        root = os.path.join(staging, "root")
+        for deb in sorted(os.listdir(debs)):
+            _run(["dpkg-deb", "-x", os.path.join(debs, deb), root], f"unpacking {deb}")
+        shutil.rmtree(debs)
+        shutil.rmtree(os.path.join(staging, "apt"))
+        moddir = os.path.join(root, "usr", "lib", "modules", kver)
+        image = next((p for p in (os.path.join(moddir, "vmlinuz"), os.path.join(root, "boot", f"vmlinuz-{kver}"))
+                      if os.path.exists(p)), None)
+        if image is None:
+            raise KernelError(f"no kernel image found in {', '.join(packages)}")
+        # virtme-ng puts the modules it needs (9p, virtio) into its initramfs
+        # from here and links the tree into the guest's /lib/modules.
+        _run(["depmod", "-b", os.path.join(root, "usr"), kver], "depmod (apt-get install kmod)")
+        return _commit(spec, kver, staging, os.path.relpath(image, staging), packages=packages, suite=suite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+# -- the full kernel ---------------------------------------------------------------------
+
+BUILD_TOOLS = {"gcc": "gcc", "make": "make", "flex": "flex", "bison": "bison", "bc": "bc"}
+BUILD_HEADERS = {"/usr/include/libelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev"}
+
+
+def build_full(log) -> Kernel:
+    """Build the full kernel from Debian's newest linux-source with dmabuf.config; cache it."""
+    missing = [pkg for tool, pkg in BUILD_TOOLS.items() if not shutil.which(tool)]
+    missing += [pkg for header, pkg in BUILD_HEADERS.items() if not os.path.exists(header)]
+    if missing:
+        raise KernelError("building the full kernel needs: apt-get install " + " ".join(sorted(set(missing))))
+    if not shutil.which("vng"):
+        raise KernelError("building the full kernel needs virtme-ng's vng on PATH: pip install virtme-ng")
+    log("linuxdmabuf vm: building the full kernel once (Debian linux-source + dmabuf.config, "
+        f"about 20 minutes on 2 cores), cached in {cache_dir()}")
+    staging = _staging("full")
+    try:
+        apt = _Apt("unstable", os.path.join(staging, "apt"))
+        package = apt.newest(r"linux-source-[0-9.]+")
+        if not package:
+            raise KernelError(f"no linux-source package in Debian unstable at {apt.mirror}")
+        apt.download([package], staging)
+        deb = glob.glob(os.path.join(staging, f"{package}_*.deb"))[0]
+        _run(["dpkg-deb", "-x", deb, os.path.join(staging, "pkg")], f"unpacking {package}")
+        tarball = glob.glob(os.path.join(staging, "pkg", "usr", "src", "linux-source-*.tar.*"))[0]
+        _run(["tar", "-xf", tarball, "-C", staging], f"extracting {os.path.basename(tarball)}")
+        src = glob.glob(os.path.join(staging, "linux-source-*/"))[0]
+        steps = [
+            ["vng", "--kconfig", "--config", CONFIG_FRAGMENT],
+            ["scripts/config", "--disable", "DEBUG_INFO", "--enable", "DEBUG_INFO_NONE",
+             "--disable", "DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT", "--disable", "DEBUG_INFO_BTF"],
+            ["make", "olddefconfig"],
+            ["make", f"-j{os.cpu_count() or 1}", "bzImage"],
+        ]
+        for step in steps:
+            log("linuxdmabuf vm: " + " ".join(step))
+            _run(step, " ".join(step), cwd=src)
+        version = _run(["make", "-s", "kernelrelease"], "make kernelrelease", cwd=src).strip()
+        shutil.copy(os.path.join(src, "arch", "x86", "boot", "bzImage"), os.path.join(staging, "bzImage"))
+        shutil.copy(os.path.join(src, ".config"), os.path.join(staging, "config"))
+        for leftover in ("apt", "pkg", src, deb):
+            shutil.rmtree(leftover, ignore_errors=True) if os.path.isdir(leftover) else os.remove(leftover)
+        return _commit("full", version, staging, "bzImage", source=package)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
