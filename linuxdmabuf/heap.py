@@ -12,12 +12,13 @@ from .dmabuf import DmaBuf
 HEAP_DIR = "/dev/dma_heap"
 
 
-def _meminfo_kib(field: str) -> int:
-    with open("/proc/meminfo") as f:
+def _cma_allocations() -> int | None:
+    """/proc/vmstat's cma_alloc_success: +1 per successful cma_alloc(); None without CMA."""
+    with open("/proc/vmstat") as f:
         for line in f:
-            if line.startswith(field + ":"):
+            if line.startswith("cma_alloc_success "):
                 return int(line.split()[1])
-    return 0
+    return None
 
 
 class Heap(FdObject):
@@ -105,7 +106,8 @@ class Heap(FdObject):
 
         Discovered, not guessed from the name: a heap is CMA if
         /sys/kernel/mm/cma/<name> exists (CONFIG_CMA_SYSFS) or if allocating
-        1 MiB from it takes 1 MiB out of /proc/meminfo's CmaFree.
+        a page from it counts a cma_alloc() in /proc/vmstat (twice, so that
+        another CMA user at the same moment cannot fool it).
         """
         if self._kind is None:
             self._kind = "cma" if self._draws_from_cma() else "system"
@@ -114,14 +116,17 @@ class Heap(FdObject):
     def _draws_from_cma(self) -> bool:
         if os.path.isdir(f"/sys/kernel/mm/cma/{self.name}"):
             return True
-        if not _meminfo_kib("CmaTotal"):
-            return False
-        before = _meminfo_kib("CmaFree")
-        try:
-            with self.allocate(1 << 20):
-                return before - _meminfo_kib("CmaFree") >= 1024
-        except OSError:
-            return False
+        for _ in range(2):
+            before = _cma_allocations()
+            if before is None:
+                return False
+            try:
+                self.allocate(_uapi.PAGE_SIZE).close()
+            except OSError:
+                return False
+            if _cma_allocations() != before + 1:
+                return False
+        return True
 
     def allocate(self, size: int, *, readonly: bool = False) -> DmaBuf:
         """DMA_HEAP_IOCTL_ALLOC: a new dma-buf of `size` bytes (rounded up to pages).

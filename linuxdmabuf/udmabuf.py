@@ -106,7 +106,7 @@ class Udmabuf(FdObject):
         items = [_segment(*segment) for segment in segments]
         if not items:
             raise ValueError("create_list() needs at least one (memfd, offset, size) segment")
-        arg = ffi.new("struct udmabuf_create_list *", len(items))
+        arg = ffi.new("struct udmabuf_create_list *", {"list": len(items)})
         arg.flags = _uapi.UDMABUF_FLAGS_CLOEXEC
         arg.count = len(items)
         for item, (memfd, offset, size) in zip(arg.list, items):

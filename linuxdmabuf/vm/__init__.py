@@ -177,7 +177,9 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
     Streams the command's output to `stdout`/`stderr` (binary streams,
     default ours). `user` runs it as that user of this machine instead of
     root. `rwdirs` are host directories the guest may write to (the rest of
-    the filesystem is read-only there). Raises VMError, whose `status` is 124
+    the filesystem is read-only there). Directories on the way to `cwd` and
+    to the command are made traversable by every user inside the VM (a
+    guest-only change, so that unprivileged users can run the same venv). Raises VMError, whose `status` is 124
     for a time-out and 125 for any other failure of the VM itself, with the
     console's last lines in the message; KernelError when the kernel cannot
     be had.
@@ -202,7 +204,9 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
 
     with tempfile.TemporaryDirectory(prefix="linuxdmabuf-vm-") as outdir:
         os.chmod(outdir, 0o755)
-        opened = _closed_ancestors([cwd, shutil.which(cmd[0]) or cmd[0]]) if user else []
+        # Inside the VM, let every user reach cwd and the command (nobody must
+        # be able to run /root/.../venv/bin/python): a guest-only chmod.
+        opened = _closed_ancestors([cwd, shutil.which(cmd[0]) or cmd[0]])
         env = {k: v for k, v in os.environ.items() if k not in _ENV_SKIP and k.isidentifier()}
         script = os.path.join(outdir, "guest.sh")
         with open(script, "w") as f:
