@@ -47,7 +47,8 @@ class VMError(Exception):
 
 
 def _need(program: str, fix: str) -> str:
-    path = shutil.which(program)
+    """`program` on PATH or beside this Python (a venv's bin/, where pip puts vng)."""
+    path = shutil.which(program) or shutil.which(program, path=os.path.dirname(sys.executable))
     if path is None:
         raise VMError(f"{program} not found: {fix}")
     return path
@@ -179,10 +180,11 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
     root. `rwdirs` are host directories the guest may write to (the rest of
     the filesystem is read-only there). Directories on the way to `cwd` and
     to the command are made traversable by every user inside the VM (a
-    guest-only change, so that unprivileged users can run the same venv). Raises VMError, whose `status` is 124
-    for a time-out and 125 for any other failure of the VM itself, with the
-    console's last lines in the message; KernelError when the kernel cannot
-    be had.
+    guest-only change, so that unprivileged users can run the same venv).
+    A VM that dies or hangs before the command starts is booted once more.
+    Raises VMError, whose `status` is 124 for a time-out and 125 for any other
+    failure of the VM itself, with the console's last lines in the message;
+    KernelError when the kernel cannot be had.
     """
     if not cmd:
         raise VMError("no command to run in the VM")
@@ -220,50 +222,66 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
         for d in opened:
             if os.path.dirname(d) not in opened:  # the topmost closed directory gets a writable overlay
                 argv += ["--overlay-rwdir", d]
-        console = os.path.join(outdir, "console.log")
-        tails = [_Tail(os.path.join(outdir, "stdout"), stdout), _Tail(os.path.join(outdir, "stderr"), stderr)]
-        started_at = time.monotonic()
-        with open(console, "wb") as console_file:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console_file, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        try:
-            failure = None
-            while proc.poll() is None:
-                for tail in tails:
-                    tail.pump()
-                elapsed = time.monotonic() - started_at
-                if not os.path.exists(os.path.join(outdir, "started")) and elapsed > boot_timeout:
-                    failure = f"the VM did not start the command within {boot_timeout:.0f} s"
-                elif timeout is not None and elapsed > timeout:
-                    failure = f"the command did not finish within {timeout:.0f} s"
-                if failure:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    break
-                time.sleep(0.1)
-        except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-        for tail in tails:
-            tail.pump()
-        if failure:
-            raise VMError(f"{failure} ({kernel.spec}, {accel}); last console lines:\n{_console_tail(console)}",
-                          EXIT_TIMEOUT)
-        try:
-            with open(os.path.join(outdir, "status")) as f:
-                status = int(f.read())
-        except (OSError, ValueError):
-            raise VMError(f"the VM stopped before the command finished (kernel panic, crash or vng error; "
-                          f"{kernel.spec}, {accel}, vng exit {proc.returncode}); last console lines:\n"
-                          f"{_console_tail(console)}") from None
+        for attempt in (1, 2):
+            try:
+                status = _boot(argv, outdir, stdout, stderr, timeout, boot_timeout, f"{kernel.spec}, {accel}")
+                break
+            except VMError as e:
+                # A kernel that dies or hangs before the command starts has done
+                # nothing yet (the 6.12 kernel panics at boot once in a while
+                # under TCG): boot once more before giving up.
+                if attempt == 2 or os.path.exists(os.path.join(outdir, "started")):
+                    raise
+                log(f"linuxdmabuf vm: {e}\nlinuxdmabuf vm: the VM failed before the command started; booting again")
         if status > 128:
-            console_text = _console_tail(console, 400)
+            console_text = _console_tail(os.path.join(outdir, "console.log"), 400)
             reason = (f"killed by the guest's OOM killer: give the VM more than --memory {memory}"
                       if "Out of memory" in console_text or "oom-kill" in console_text
                       else f"killed by signal {status - 128}")
             log(f"linuxdmabuf vm: the command was {reason}")
         return status
+
+
+def _boot(argv: list, outdir: str, stdout, stderr, timeout, boot_timeout, what: str) -> int:
+    """One VM run: stream the guest's output while it runs; its command's exit status."""
+    for name in ("stdout", "stderr", "status", "started", "console.log"):
+        if os.path.exists(os.path.join(outdir, name)):
+            os.remove(os.path.join(outdir, name))
+    console = os.path.join(outdir, "console.log")
+    tails = [_Tail(os.path.join(outdir, "stdout"), stdout), _Tail(os.path.join(outdir, "stderr"), stderr)]
+    started_at = time.monotonic()
+    with open(console, "wb") as console_file:
+        # vng runs virtme-run and friends from PATH: they sit beside it.
+        path = os.pathsep.join([os.path.dirname(argv[0]), os.environ.get("PATH", os.defpath)])
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console_file, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=dict(os.environ, PATH=path))
+    failure = None
+    try:
+        while proc.poll() is None:
+            for tail in tails:
+                tail.pump()
+            elapsed = time.monotonic() - started_at
+            if not os.path.exists(os.path.join(outdir, "started")) and elapsed > boot_timeout:
+                failure = f"the VM did not start the command within {boot_timeout:.0f} s"
+            elif timeout is not None and elapsed > timeout:
+                failure = f"the command did not finish within {timeout:.0f} s"
+            if failure:
+                break
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for tail in tails:
+        tail.pump()
+    if failure:
+        raise VMError(f"{failure} ({what}); last console lines:\n{_console_tail(console)}", EXIT_TIMEOUT)
+    try:
+        with open(os.path.join(outdir, "status")) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        raise VMError(f"the VM stopped before the command finished (kernel panic, crash or vng error; {what}, "
+                      f"vng exit {proc.returncode}); last console lines:\n{_console_tail(console)}") from None
 
 
 def main(argv=None) -> int:
