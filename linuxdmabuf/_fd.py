@@ -5,11 +5,12 @@ fd; ``close()`` is idempotent and forgets the number before closing it, so a
 closed object can never touch an fd number that has since been reused; an
 object collected while open closes its own fd and warns with ResourceWarning.
 """
+import errno
 import os
 import warnings
 import weakref
 
-from ._sys import check_fd
+from ._sys import UnsupportedError, check_fd, fd_target, os_error
 
 
 def _collect(cls_name: str, fd: int) -> None:
@@ -55,6 +56,64 @@ class FdObject:
         new = os.dup(fd)  # os.dup makes the copy non-inheritable: O_CLOEXEC
         try:
             return cls(new)
+        except BaseException:
+            os.close(new)
+            raise
+
+    @classmethod
+    def from_pid(cls, pid: int, fd: int):
+        """A new object on a duplicate of fd number `fd` of process `pid`.
+
+        pidfd_open(2) then pidfd_getfd(2) (Linux 5.6): the kernel duplicates
+        the other process's open file into this one, with O_CLOEXEC, as if it
+        had been sent over a socket, but without the other process's help.
+        It allows this only to a process that may ptrace the target (same
+        uid and a dumpable target, or CAP_SYS_PTRACE; Yama's ptrace_scope may
+        restrict it further): PermissionError otherwise, naming the rule.
+        ProcessLookupError if there is no such process; ValueError (and
+        nothing kept) if that fd is not of this class's kind.
+        """
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+        if pid <= 0:
+            raise ValueError(f"pid must be a positive process id, not {pid}")
+        target = _check_target_fd(fd)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as e:
+            fix = "pidfd_open needs Linux 5.3 or later" if e.errno == errno.ENOSYS else ""
+            raise _pid_error(e.errno, f"pidfd_open({pid})", fix) from None
+        try:
+            return cls._from_pidfd(pidfd, target, f"process {pid}")
+        finally:
+            os.close(pidfd)
+
+    @classmethod
+    def from_pidfd(cls, pidfd, fd: int):
+        """Like from_pid(), for the process a pidfd refers to (os.pidfd_open()).
+
+        A pidfd names one process for good, where a pid number may be reused
+        once that process is gone and reaped.
+        """
+        pidfd = check_fd(pidfd, allow_fileno=True)
+        return cls._from_pidfd(pidfd, _check_target_fd(fd), f"the process of pidfd {pidfd}")
+
+    @classmethod
+    def _from_pidfd(cls, pidfd: int, fd: int, who: str):
+        from ._uapi import SYS_pidfd_getfd, ffi, lib
+
+        new = lib.syscall(ffi.cast("long", SYS_pidfd_getfd), ffi.cast("long", pidfd), ffi.cast("long", fd),
+                          ffi.cast("long", 0))
+        if new < 0:
+            err = ffi.errno
+            what = f"pidfd_getfd of fd {fd} of {who}"
+            raise _pid_error(err, what, _PIDFD_GETFD_FIXES.get(err, "")) from None
+        try:
+            return cls(new)
+        except ValueError:
+            kind = fd_target(new)
+            os.close(new)
+            raise ValueError(f"fd {fd} of {who} is not a {cls.__name__} (it is {kind!r})") from None
         except BaseException:
             os.close(new)
             raise
@@ -111,4 +170,41 @@ class FdObject:
 
     def __reduce__(self):
         raise TypeError(f"cannot pickle {type(self).__name__}: an fd is only valid in its process; "
-                        "send it with linuxdmabuf.send_fds()/socket.send_fds instead")
+                        "send it over a UNIX socket with linuxdmabuf.ipc.send(), or see "
+                        "linuxdmabuf.ipc.register_multiprocessing() for multiprocessing")
+
+
+def _check_target_fd(fd) -> int:
+    """An fd number in another process: an int, never an object's fileno()."""
+    return check_fd(fd, allow_fileno=False)
+
+
+def _ptrace_rules() -> str:
+    rules = ("pidfd_getfd is allowed only where ptrace would be (PTRACE_MODE_ATTACH_REALCREDS): "
+             "the target runs as your uid and is dumpable, or you have CAP_SYS_PTRACE")
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = f.read().strip()
+    except OSError:
+        return rules
+    yama = {"0": "Yama's ptrace_scope is 0 (no further restriction)",
+            "1": "Yama's ptrace_scope is 1: only from an ancestor of the target, or from a process "
+                 "the target named with prctl(PR_SET_PTRACER, pid)",
+            "2": "Yama's ptrace_scope is 2: only with CAP_SYS_PTRACE",
+            "3": "Yama's ptrace_scope is 3: never"}
+    return f"{rules}; {yama.get(scope, f'Yama ptrace_scope is {scope}')} (/proc/sys/kernel/yama/ptrace_scope)"
+
+
+_PIDFD_GETFD_FIXES = {
+    errno.EBADF: "the process has no such open fd",
+    errno.ESRCH: "the process has exited",
+    errno.ENOSYS: "pidfd_getfd needs Linux 5.6 or later",
+}
+
+
+def _pid_error(err: int, what: str, fix: str) -> OSError:
+    if err == errno.EPERM:
+        fix = _ptrace_rules()
+    if err == errno.ENOSYS:
+        return UnsupportedError(err, f"{what}: {os.strerror(err)} -- {fix}")
+    return os_error(err, what, fix)

@@ -7,10 +7,11 @@ tests/test_uapi_layout.py compiles a C probe against the kernel's own headers
 and checks every number and offset below against it.
 """
 import os
+import sys
 
 from ._ffi import ffi
 
-lib = ffi.dlopen(None)  # the C library: only ioctl() is declared (cdefs/libc.h)
+lib = ffi.dlopen(None)  # the C library: ioctl() and syscall() are declared (cdefs/libc.h)
 
 # include/uapi/asm-generic/ioctl.h; alpha, mips, powerpc and sparc override the
 # widths and direction values in their own asm/ioctl.h.
@@ -92,3 +93,14 @@ DRM_PRIME_CAP_EXPORT = ffi.integer_const("DRM_PRIME_CAP_EXPORT")
 VGEM_FENCE_WRITE = ffi.integer_const("VGEM_FENCE_WRITE")
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+# pidfd_getfd(2), Linux 5.6: glibc has no wrapper. 438 in the unified syscall
+# table every architecture shares, except that alpha numbers it 110 higher
+# and MIPS adds its ABI's base (o32 4000, n64 5000; n32 6000 is not told apart).
+_MACHINE = os.uname().machine
+if _MACHINE.startswith("alpha"):
+    SYS_pidfd_getfd = 548
+elif _MACHINE.startswith("mips"):
+    SYS_pidfd_getfd = (5000 if sys.maxsize > 2**32 else 4000) + 438
+else:
+    SYS_pidfd_getfd = 438
