@@ -112,8 +112,8 @@ class DmaBuf(FdObject):
     @property
     def size(self) -> int:
         """Size in bytes: lseek(SEEK_END) then lseek(SEEK_SET, 0), as the kernel documents."""
+        fd = self.fileno()
         if self._size < 0:
-            fd = self.fileno()
             size = os.lseek(fd, 0, os.SEEK_END)
             os.lseek(fd, 0, os.SEEK_SET)
             self._size = size

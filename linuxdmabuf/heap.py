@@ -39,7 +39,8 @@ class Heap(FdObject):
             return
         self._fd = -1
         if not isinstance(name, str):
-            raise TypeError(f"heap name must be a str (or an fd to adopt), not {type(name).__name__}")
+            raise TypeError(f"heap name must be a str, or an int fd to adopt (Heap.fromfd() duplicates "
+                            f"another object's fd), not {type(name).__name__}")
         if not name or "/" in name or name in (".", ".."):
             raise ValueError(f"invalid heap name {name!r}")
         path = os.path.join(HEAP_DIR, name)
@@ -109,6 +110,7 @@ class Heap(FdObject):
         a page from it counts a cma_alloc() in /proc/vmstat (twice, so that
         another CMA user at the same moment cannot fool it).
         """
+        self.fileno()
         if self._kind is None:
             self._kind = "cma" if self._draws_from_cma() else "system"
         return self._kind

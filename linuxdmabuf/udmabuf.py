@@ -92,6 +92,7 @@ class Udmabuf(FdObject):
         `memfd` is an fd or an object with fileno(); `size=None` means to the
         end of the memfd. The dma-buf is O_RDWR and O_CLOEXEC.
         """
+        self.fileno()
         segments = [_segment(memfd, offset, size)]
         arg = ffi.new("struct udmabuf_create *")
         arg.memfd, arg.offset, arg.size = segments[0]
@@ -103,6 +104,7 @@ class Udmabuf(FdObject):
 
         At most list_limit segments and size_limit_mb in total (see limits()).
         """
+        self.fileno()
         items = [_segment(*segment) for segment in segments]
         if not items:
             raise ValueError("create_list() needs at least one (memfd, offset, size) segment")
@@ -127,6 +129,7 @@ class Udmabuf(FdObject):
         MFD_HUGETLB with hugetlb=True, size rounded up to huge pages) is closed
         again: the dma-buf keeps its pages.
         """
+        self.fileno()
         size = _check_int(size, "size")
         if size <= 0:
             raise ValueError(f"size must be positive, not {size}")
