@@ -10,6 +10,7 @@ from ._uapi import ffi
 from .dmabuf import DmaBuf
 
 HEAP_DIR = "/dev/dma_heap"
+_RAM = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _cma_allocations() -> int | None:
@@ -135,12 +136,20 @@ class Heap(FdObject):
 
         The fd is O_CLOEXEC, O_RDWR (O_RDONLY with readonly=True: writable
         mappings are then refused). ENOMEM when the heap cannot satisfy it
-        (a CMA pool is small and must be contiguous).
+        (a CMA pool is small and must be contiguous); a size above the
+        machine's RAM is refused with ENOMEM before the kernel is asked, as
+        the system heap would rather wake the OOM killer than fail.
         """
         if isinstance(size, bool) or not isinstance(size, int):
             raise TypeError(f"size must be an int, not {type(size).__name__}")
         if not 0 < size <= 2**64 - _uapi.PAGE_SIZE:
             raise ValueError(f"size must be a positive number of bytes below 2**64 - page size, not {size}")
+        if size > _RAM:
+            # The system heap takes pages one chunk at a time until it has them
+            # all: asked for more than exists, it wakes the OOM killer instead
+            # of failing.
+            raise os_error(errno.ENOMEM, f"DMA_HEAP_IOCTL_ALLOC of {size} bytes from {self._path}",
+                           f"more than this machine's {_RAM} bytes of RAM")
         data = ffi.new("struct dma_heap_allocation_data *")
         data.len = size
         data.fd_flags = os.O_CLOEXEC | (os.O_RDONLY if readonly else os.O_RDWR)

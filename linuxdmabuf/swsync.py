@@ -43,9 +43,9 @@ class SwSyncTimeline(FdObject):
     "indefinite fences" Documentation/driver-api/dma-buf.rst warns about:
     importing one into a buffer that a device driver waits on can stall that
     driver until the timeline advances or is closed. Closing the timeline
-    signals its pending fences with an error (ENOENT). Every fence created
-    taints the kernel ('L') on Linux 6.19 and later. Needs debugfs, so
-    normally root.
+    signals its pending fences with an error (ENOENT). On recent kernels
+    every fence created taints the kernel ('L'). Needs debugfs, so normally
+    root.
     """
 
     __slots__ = ()
@@ -71,7 +71,8 @@ class SwSyncTimeline(FdObject):
         """SW_SYNC_IOC_CREATE_FENCE: a fence that signals once the timeline reaches `value`.
 
         The timeline starts at 0 and counts in 32 bits; a value it has already
-        reached gives a signaled fence. The kernel ignores `name` (it names the
+        reached gives a signaled fence, and so does one more than 2**31 ahead
+        of it (the kernel compares ``(int)(value - timeline) <= 0``). The kernel ignores `name` (it names the
         timeline after the process).
         """
         if isinstance(value, bool) or not isinstance(value, int):

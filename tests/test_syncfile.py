@@ -1,0 +1,279 @@
+"""SyncFile and SwSyncTimeline on the real kernel: waits, status, merges, FILE_INFO, deadlines."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import linuxdmabuf
+from linuxdmabuf import FenceStatus, SwSyncTimeline, SyncFile
+
+pytestmark = pytest.mark.requires_sw_sync
+
+
+def now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def test_fence_signals_when_the_timeline_reaches_it(sw_sync_timeline):
+    with sw_sync_timeline.create_fence(5) as fence:
+        assert not fence.signaled and fence.status is FenceStatus.ACTIVE and not fence.wait(0)
+        sw_sync_timeline.advance()
+        assert not fence.wait(0.01)
+        sw_sync_timeline.advance(4)
+        assert fence.signaled and fence.wait(0) and fence.wait() and fence.status is FenceStatus.SIGNALED
+        sw_sync_timeline.advance(10)
+        assert fence.signaled
+
+
+def test_fence_at_a_reached_value_is_born_signaled(sw_sync_timeline):
+    sw_sync_timeline.advance(3)
+    with sw_sync_timeline.create_fence(2) as early, sw_sync_timeline.create_fence(3) as exact:
+        assert early.signaled and exact.signaled
+
+
+def test_info_two_passes_names_and_timestamps(sw_sync_timeline):
+    with sw_sync_timeline.create_fence(1) as fence:
+        info = fence.info()
+        assert info.status is FenceStatus.ACTIVE and len(info.fences) == 1
+        pending = info.fences[0]
+        with open("/proc/self/comm") as f:  # sw_sync names a timeline after the process that opened it
+            assert pending.driver_name == "sw_sync" and pending.obj_name == f.read().strip()
+        assert pending.timestamp_ns == 0 and pending.status is FenceStatus.ACTIVE and pending.flags == 0
+        assert info.name.startswith("sw_sync-")
+        before = now_ns()
+        sw_sync_timeline.advance()
+        done = fence.info().fences[0]
+        assert done.status is FenceStatus.SIGNALED and before <= done.timestamp_ns <= now_ns()
+        # The kernel renames every signaled fence's driver and timeline.
+        assert (done.driver_name, done.obj_name) == ("detached-driver", "signaled-timeline")
+
+
+def test_closing_the_timeline_signals_pending_fences_with_an_error():
+    timeline = SwSyncTimeline()
+    fence = timeline.create_fence(1)
+    timeline.close()
+    assert fence.wait(1) and fence.signaled
+    assert fence.status is FenceStatus.ERROR
+    info = fence.info()
+    assert info.status is FenceStatus.ERROR and info.error == errno.ENOENT
+    assert info.fences[0].status is FenceStatus.ERROR and info.fences[0].error == errno.ENOENT
+    fence.close()
+
+
+def test_merge_of_two_timelines_needs_both(sw_sync_timeline):
+    with SwSyncTimeline() as other, sw_sync_timeline.create_fence(1) as a, other.create_fence(1) as b:
+        with a.merge(b, name="both") as merged:
+            info = merged.info()
+            assert info.name == "both" and len(info.fences) == 2
+            sw_sync_timeline.advance()
+            assert not merged.wait(0) and [f.status for f in merged.info().fences].count(FenceStatus.SIGNALED) == 1
+            other.advance()
+            assert merged.wait(1) and merged.status is FenceStatus.SIGNALED
+
+
+def test_merge_on_one_timeline_keeps_the_later_fence(sw_sync_timeline):
+    fences = [sw_sync_timeline.create_fence(v) for v in (1, 2, 3)]
+    with fences[1].merge(fences[0]) as d, fences[2].merge(d) as merged:
+        assert len(merged.info().fences) == 1
+        sw_sync_timeline.advance(2)
+        assert not merged.signaled
+        sw_sync_timeline.advance()
+        assert merged.signaled
+    for fence in fences:
+        fence.close()
+
+
+def test_merge_a_fence_with_itself(sw_sync_timeline):
+    with sw_sync_timeline.create_fence(5) as fence, fence.merge(fence) as merged:
+        assert len(merged.info().fences) == 1 and not merged.signaled
+        sw_sync_timeline.advance(5)
+        assert merged.signaled
+
+
+def test_merge_many_and_merge_all_pairwise_without_leaks(sw_sync_timeline):
+    timelines = [SwSyncTimeline() for _ in range(4)]
+    fences = [t.create_fence(1) for t in timelines]
+    before = set(os.listdir("/proc/self/fd"))
+    with fences[0].merge(*fences[1:], name="all") as merged, SyncFile.merge_all(fences, name="all2") as merged2:
+        assert len(merged.info().fences) == 4 and merged2.info().name == "all2"
+        for t in timelines[:-1]:
+            t.advance()
+        assert not merged.signaled
+        timelines[-1].advance()
+        assert merged.wait(1) and merged2.wait(1)
+    assert set(os.listdir("/proc/self/fd")) == before  # the intermediate merges are closed
+    for obj in fences + timelines:
+        obj.close()
+
+
+def test_merge_all_of_one_is_a_renamed_copy(sw_sync_timeline):
+    with sw_sync_timeline.create_fence(1) as fence, SyncFile.merge_all(iter([fence]), name="solo") as solo:
+        assert solo.info().name == "solo" and solo.fileno() != fence.fileno()
+
+
+def test_signaled_components_are_dropped_by_merge(sw_sync_timeline):
+    with SwSyncTimeline() as other, sw_sync_timeline.create_fence(1) as a, other.create_fence(1) as b:
+        sw_sync_timeline.advance()
+        with a.merge(b) as merged:
+            assert len(merged.info().fences) == 1 and merged.info().fences[0].driver_name == "sw_sync"
+
+
+def test_merge_bad_arguments(sw_sync_timeline):
+    with sw_sync_timeline.create_fence(1) as fence:
+        with pytest.raises(TypeError, match="at least one"):
+            fence.merge()
+        with pytest.raises(TypeError):
+            fence.merge(3)
+        with pytest.raises(ValueError):
+            fence.merge(fence, name="n" * 32)
+        with pytest.raises(ValueError):
+            fence.merge(fence, name="a\0b")
+        with pytest.raises(ValueError):
+            SyncFile.merge_all([])
+        with pytest.raises(TypeError):
+            SyncFile.merge_all([fence, "x"])
+
+
+def test_deadline_is_kept_by_the_fence(sw_sync_timeline):
+    with sw_sync_timeline.create_fence(1) as fence:
+        assert sw_sync_timeline.deadline(fence) is None
+        soon = now_ns() + 10**9
+        fence.set_deadline(soon)
+        assert sw_sync_timeline.deadline(fence) == soon
+        fence.set_deadline(soon + 10**9)  # the earliest deadline wins
+        assert sw_sync_timeline.deadline(fence.fileno()) == soon
+        fence.set_deadline(soon - 5)
+        assert sw_sync_timeline.deadline(fence) == soon - 5
+
+
+def test_deadline_through_a_merge_reaches_each_fence(sw_sync_timeline):
+    with SwSyncTimeline() as other, sw_sync_timeline.create_fence(1) as a, other.create_fence(1) as b:
+        with a.merge(b) as merged:
+            merged.set_deadline(now_ns() + 5 * 10**8)
+            assert sw_sync_timeline.deadline(a) == other.deadline(b)
+            with pytest.raises(OSError) as info:  # a merged array is not one sw_sync fence
+                sw_sync_timeline.deadline(merged)
+            assert info.value.errno == errno.EINVAL and "one sw_sync fence" in str(info.value)
+
+
+def test_deadline_on_a_signaled_fence_is_a_noop(sw_sync_timeline):
+    with sw_sync_timeline.create_fence(1) as fence:
+        sw_sync_timeline.advance()
+        fence.set_deadline(now_ns())
+        assert sw_sync_timeline.deadline(fence) is None
+
+
+@pytest.mark.parametrize("value, error", [(-1, ValueError), (2**64, ValueError), (1.0, TypeError), (True, TypeError)])
+def test_set_deadline_bad_values(sw_sync_timeline, value, error):
+    with sw_sync_timeline.create_fence(1) as fence, pytest.raises(error):
+        fence.set_deadline(value)
+
+
+def test_timeline_bad_values(sw_sync_timeline):
+    for call, error in [(lambda: sw_sync_timeline.create_fence(-1), ValueError),
+                        (lambda: sw_sync_timeline.create_fence(2**32), ValueError),
+                        (lambda: sw_sync_timeline.create_fence("1"), TypeError),
+                        (lambda: sw_sync_timeline.create_fence(1, name="n" * 40), ValueError),
+                        (lambda: sw_sync_timeline.advance(-1), ValueError),
+                        (lambda: sw_sync_timeline.advance(2**32), ValueError),
+                        (lambda: sw_sync_timeline.advance(None), TypeError)]:
+        with pytest.raises(error):
+            call()
+    with pytest.raises(OSError) as info:  # not a sync_file at all
+        sw_sync_timeline.deadline(sw_sync_timeline.fileno())
+    assert info.value.errno == errno.EINVAL
+
+
+def test_timeline_compares_values_with_32_bit_wrap_around(sw_sync_timeline):
+    """sw_sync: a fence is signaled when (int)(value - timeline) <= 0, so a value more
+    than 2**31 ahead of the timeline counts as already reached."""
+    with sw_sync_timeline.create_fence(2**31 - 1) as ahead, sw_sync_timeline.create_fence(2**31 + 1) as behind:
+        assert not ahead.signaled and behind.signaled
+        sw_sync_timeline.advance(2**31 - 1)
+        assert ahead.signaled
+
+
+def test_wait_timeout_survives_signals(sw_sync_timeline):
+    with sw_sync_timeline.create_fence(1) as fence:
+        hits = []
+        old = signal.signal(signal.SIGALRM, lambda *a: hits.append(1))
+        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+        try:
+            start = time.monotonic()
+            assert fence.wait(0.5) is False
+            elapsed = time.monotonic() - start
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        assert len(hits) >= 3 and 0.5 <= elapsed < 1.5
+
+
+def test_a_raising_signal_handler_interrupts_the_wait(sw_sync_timeline):
+    with sw_sync_timeline.create_fence(1) as fence:
+        def handler(*args):
+            raise InterruptedError("from the handler")
+
+        old = signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        try:
+            with pytest.raises(InterruptedError, match="from the handler"):
+                fence.wait()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+
+def test_wait_async_without_threads(sw_sync_timeline):
+    import asyncio
+    import threading
+
+    with sw_sync_timeline.create_fence(1) as fence:
+        async def scenario():
+            threads = threading.active_count()
+            assert await fence.wait_async(0.02) is False
+            task = asyncio.ensure_future(fence.wait_async())
+            await asyncio.sleep(0.02)
+            assert not task.done() and threading.active_count() == threads
+            asyncio.get_running_loop().call_soon(sw_sync_timeline.advance)
+            return await asyncio.wait_for(task, 5)
+
+        assert asyncio.run(scenario()) is True
+
+
+def test_wait_async_cancel_unregisters_the_fd(sw_sync_timeline):
+    import asyncio
+
+    with sw_sync_timeline.create_fence(1) as fence:
+        async def scenario():
+            task = asyncio.ensure_future(fence.wait_async())
+            await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            loop = asyncio.get_running_loop()
+            assert not loop.remove_reader(fence.fileno())  # nothing left registered
+
+        asyncio.run(scenario())
+
+
+def test_no_sw_sync_without_debugfs():
+    """With debugfs unmounted (in a private mount namespace), the error says so."""
+    code = ("import linuxdmabuf\ntry:\n    linuxdmabuf.SwSyncTimeline()\nexcept linuxdmabuf.UnsupportedError as e:\n"
+            "    print(e)\n")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           f'umount -l /sys/kernel/debug && exec "$0" -c "$1"', sys.executable, code],
+                          capture_output=True, text=True)
+    if done.returncode and "Operation not permitted" in done.stderr:
+        pytest.skip("needs root to unmount debugfs in a private mount namespace")
+    assert "debugfs is not mounted" in done.stdout, done.stderr
+
+
+def test_sw_sync_is_found_through_the_mount_table():
+    from linuxdmabuf.swsync import debugfs_mount, sw_sync_path
+
+    assert sw_sync_path() == os.path.join(debugfs_mount(), "sync", "sw_sync")
+    assert linuxdmabuf.features()["sw_sync"] and linuxdmabuf.features()["set_deadline"]
