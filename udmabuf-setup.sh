@@ -129,10 +129,18 @@ run_demo() {
     fi
 }
 
+fetch_headers() {
+    # The header-layout test compiles against the newest uAPI headers.
+    "$venv/bin/python" "$top/tools/uapi-headers" --fetch >/dev/null \
+        && say "uAPI headers: $("$venv/bin/python" "$top/tools/uapi-headers")" \
+        || say "uAPI headers: could not fetch Debian's newest linux-libc-dev; the layout test will use /usr/include"
+}
+
 if [ "$mode" = check ]; then check; exit $?; fi
 [ "$(id -u)" -eq 0 ] || { echo "udmabuf-setup.sh: run as root (sudo $0), or use --check" >&2; exit 1; }
 install_apt
 install_venv
+fetch_headers
 if host_has_devices || modprobe -q udmabuf 2>/dev/null; then setup_host; else setup_vm; fi
 if [ "$demo" -eq 1 ]; then run_demo; fi
 say "set-up complete"
