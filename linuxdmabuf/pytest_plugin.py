@@ -6,13 +6,23 @@ timeline), ``dmabuf_leak_check`` (fails a test that leaves dma-buf or
 sync_file fds open). Markers: ``requires_udmabuf``,
 ``requires_dma_heap(name=None)``, ``requires_sw_sync``; each skips with the
 precise reason (missing device, no permission and its fix, kernel without the
-feature). ``--linuxdmabuf-vm[=SPEC]`` re-runs the whole session inside a VM on
-a kernel that has the devices (see ``linuxdmabuf vm``).
+feature).
+
+``--linuxdmabuf-vm`` (the full kernel) or ``--linuxdmabuf-vm=SPEC`` re-runs
+the whole session inside a VM on a kernel that has the devices (see
+``linuxdmabuf vm``): same arguments, same directory; the outer pytest collects
+nothing, streams the inner output and exits with the inner status; the
+rootdir is writable inside (the rest of the filesystem is not). The bare
+form never takes the next argument as its SPEC: ``--linuxdmabuf-vm tests/``
+runs tests/ on the full kernel.
 """
 import os
+import re
 import sys
 
 import pytest
+
+OPTION = "--linuxdmabuf-vm"
 
 MARKERS = {
     "requires_udmabuf": "requires_udmabuf: skip unless /dev/udmabuf can be used",
@@ -22,15 +32,61 @@ MARKERS = {
 
 
 def pytest_addoption(parser):
-    group = parser.getgroup("linuxdmabuf", "real kernel buffers")
-    group.addoption("--linuxdmabuf-vm", nargs="?", const="full", default=None, metavar="SPEC",
-                    help="run this pytest session inside a VM on a kernel with real dma-buf devices: "
-                         "full (default), debian-7.2, debian-6.12 or a kernel image path")
+    group = parser.getgroup("linuxdmabuf", "real kernel buffers (linuxdmabuf)")
+    group.addoption(OPTION, nargs="?", const="full", default=None, metavar="SPEC",
+                    help="run this pytest session inside a QEMU VM on a kernel with real dma-buf devices: "
+                         f"{OPTION} for the full kernel, {OPTION}=SPEC for another: debian-7.2, debian-6.12 "
+                         "or a kernel image path (the SPEC needs the '=')")
+    group.addoption(f"{OPTION}-cpus", type=int, default=2, metavar="N", help="guest CPUs (default 2)")
+    group.addoption(f"{OPTION}-memory", default="2G", metavar="SIZE", help="guest memory (default 2G)")
+    group.addoption(f"{OPTION}-timeout", type=float, default=3600, metavar="SECONDS",
+                    help="kill the VM after this long (default 3600)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    """Make a bare --linuxdmabuf-vm mean the full kernel instead of eating the next argument.
+
+    argparse's optional value (nargs="?") would take `tests/` in
+    `--linuxdmabuf-vm tests/` as the SPEC; rewriting the bare flag to
+    `--linuxdmabuf-vm=full` keeps `tests/` a test path. pytest parsed the known
+    arguments once already (to find the initial conftests): parse them again.
+    """
+    if OPTION not in args:
+        return
+    args[:] = [f"{OPTION}=full" if arg == OPTION else arg for arg in args]
+    import copy
+
+    early_config.known_args_namespace = parser.parse_known_args(args, namespace=copy.copy(early_config.option))
 
 
 def pytest_configure(config):
     for line in MARKERS.values():
         config.addinivalue_line("markers", line)
+
+
+def pytest_report_header(config):
+    """Inside the VM: which guest kernel ran the session, and what it offers."""
+    if not os.environ.get("LINUXDMABUF_IN_VM"):
+        return None
+    spec = os.environ.get("LINUXDMABUF_VM_KERNEL", "?")
+    return f"linuxdmabuf-vm: guest kernel {os.uname().release} ({spec}); {_devices()}"
+
+
+def _devices() -> str:
+    from linuxdmabuf import Heap
+    from linuxdmabuf.swsync import debugfs_mount
+
+    found = ["/dev/udmabuf"] if os.path.exists("/dev/udmabuf") else []
+    found += [f"/dev/dma_heap/{name}" for name in Heap.available()]
+    mount = debugfs_mount()
+    if mount and os.path.exists(os.path.join(mount, "sync", "sw_sync")):
+        found.append("sw_sync")
+    return "devices: " + (", ".join(found) or "none")
+
+
+def _reason(e: OSError) -> str:
+    return f"{e.strerror} (kernel {os.uname().release}, uid {os.getuid()})"
 
 
 def _unavailable(what: str, name: str | None = None) -> str | None:
@@ -47,33 +103,47 @@ def _unavailable(what: str, name: str | None = None) -> str | None:
         else:
             heaps = linuxdmabuf.Heap.available()
             if not heaps:
-                return f"no dma-heap: /dev/dma_heap is empty or missing (kernel {os.uname().release} " \
-                       "without CONFIG_DMABUF_HEAPS_SYSTEM/_CMA)"
-            linuxdmabuf.Heap(heaps[0]).close()
+                return (f"no dma-heap: /dev/dma_heap is empty or missing (kernel {os.uname().release} "
+                        "without CONFIG_DMABUF_HEAPS_SYSTEM/_CMA)")
+            first_error = None
+            for heap in heaps:  # any one that opens will do
+                try:
+                    linuxdmabuf.Heap(heap).close()
+                    return None
+                except OSError as e:
+                    first_error = first_error or e
+            raise first_error
     except OSError as e:
-        return f"{e.strerror} (kernel {os.uname().release})"
+        return _reason(e)
     return None
 
 
-def pytest_runtest_setup(item):
-    for marker in item.iter_markers():
-        if marker.name == "requires_udmabuf":
-            reason = _unavailable("udmabuf")
-        elif marker.name == "requires_sw_sync":
-            reason = _unavailable("sw_sync")
-        elif marker.name == "requires_dma_heap":
-            reason = _unavailable("dma_heap", marker.kwargs.get("name", marker.args[0] if marker.args else None))
-        else:
-            continue
-        if reason:
-            pytest.skip(reason)
+def pytest_collection_modifyitems(items):
+    """Turn each requires_* marker whose need is not met here into a skip, with the reason.
+
+    Done with a skip marker (not a skip raised later) so that the report
+    points at the test, like skipif.
+    """
+    for item in items:
+        for marker in item.iter_markers():
+            if marker.name == "requires_udmabuf":
+                reason = _unavailable("udmabuf")
+            elif marker.name == "requires_sw_sync":
+                reason = _unavailable("sw_sync")
+            elif marker.name == "requires_dma_heap":
+                reason = _unavailable("dma_heap", marker.kwargs.get("name", marker.args[0] if marker.args else None))
+            else:
+                continue
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+                break
 
 
 def _open_or_skip(factory):
     try:
         return factory()
     except OSError as e:
-        pytest.skip(f"{e.strerror} (kernel {os.uname().release})")
+        pytest.skip(_reason(e))
 
 
 @pytest.fixture
@@ -89,11 +159,19 @@ def dma_heap():
 def dma_heap_cma():
     """A CMA dma-heap, found by kind rather than by name; skips where there is none."""
     from linuxdmabuf import Heap
+    from linuxdmabuf.heap import HEAP_DIR
 
     names = Heap.available(kind="cma")
     if not names:
-        pytest.skip(f"no usable CMA dma-heap (kernel {os.uname().release}: CONFIG_DMABUF_HEAPS_CMA and a CMA area, "
-                    "e.g. cma=64M, plus access to /dev/dma_heap)")
+        denied = [os.path.join(HEAP_DIR, name) for name in Heap.available()
+                  if not os.access(os.path.join(HEAP_DIR, name), os.R_OK)]
+        if denied:
+            from linuxdmabuf._sys import GRANT_ACCESS
+
+            pytest.skip(f"no CMA dma-heap this user may open: {', '.join(denied)}: Permission denied -- "
+                        f"{GRANT_ACCESS} (kernel {os.uname().release}, uid {os.getuid()})")
+        pytest.skip(f"no CMA dma-heap (kernel {os.uname().release}: needs CONFIG_DMABUF_HEAPS_CMA and a CMA area, "
+                    "e.g. cma=64M on the kernel command line)")
     with Heap(names[0]) as heap:
         yield heap
 
@@ -129,10 +207,27 @@ def _kernel_fds() -> dict:
     return found
 
 
+def _collected_by_gc(message) -> bool:
+    """Whether a warning is linuxdmabuf's "unclosed <Class> fd=N" (an object the garbage collector closed)."""
+    import linuxdmabuf
+    from linuxdmabuf._fd import FdObject
+
+    match = re.fullmatch(r"unclosed (\w+) fd=\d+", str(message.message))
+    cls = getattr(linuxdmabuf, match.group(1), None) if match else None
+    return issubclass(message.category, ResourceWarning) and isinstance(cls, type) and issubclass(cls, FdObject)
+
+
 @pytest.fixture
 def dmabuf_leak_check():
     """Fails the test if it leaves dma-buf or sync_file fds open, or lets the
-    garbage collector close linuxdmabuf objects it forgot to close."""
+    garbage collector close linuxdmabuf objects it forgot to close.
+
+    Compares this process's dma-buf and sync_file fds (/proc/self/fd) when the
+    fixture is torn down with those open when it was set up: fixtures set up
+    before it may keep theirs. The failure is reported at teardown (pytest
+    counts it as an error) and names each fd. Other warnings of the test go on
+    to pytest as usual.
+    """
     import gc
     import warnings
 
@@ -141,13 +236,38 @@ def dmabuf_leak_check():
         warnings.simplefilter("always", ResourceWarning)
         yield
         gc.collect()
+    ours = [w for w in caught if _collected_by_gc(w)]
+    for w in caught:
+        if w not in ours:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     leaked = {fd: target for fd, target in _kernel_fds().items() if before.get(fd) != target}
-    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)
-                and str(w.message).startswith("unclosed ")]
-    if leaked or unclosed:
+    if leaked or ours:
         pytest.fail("dma-buf/sync_file leak: " + ", ".join(
             [f"fd {fd} ({target}) left open" for fd, target in sorted(leaked.items())] +
-            [f"{message} closed only by the garbage collector" for message in unclosed]))
+            [f"{w.message} closed only by the garbage collector" for w in ours]), pytrace=False)
+
+
+def _inner_command(config) -> list:
+    """This pytest command line for the VM: the same interpreter and entry point, without our option."""
+    args, skip_next = [], False
+    for arg in config.invocation_params.args:
+        if arg == OPTION or arg.startswith(f"{OPTION}="):
+            continue
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in (f"{OPTION}-cpus", f"{OPTION}-memory", f"{OPTION}-timeout"):
+            skip_next = True  # and its value
+            continue
+        if arg.startswith((f"{OPTION}-cpus=", f"{OPTION}-memory=", f"{OPTION}-timeout=")):
+            continue
+        args.append(arg)
+    script = sys.argv[0] if sys.argv else ""
+    if os.path.basename(script) in ("pytest", "py.test") and os.path.isfile(script):
+        # The console script: unlike `python -m pytest`, it does not put the
+        # current directory on sys.path. Keep that difference.
+        return [sys.executable, os.path.abspath(script), *args]
+    return [sys.executable, "-m", "pytest", *args]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -158,16 +278,14 @@ def pytest_cmdline_main(config):
         return None
     from linuxdmabuf import vm
 
-    args = [a for a in config.invocation_params.args if not a.startswith("--linuxdmabuf-vm")]
-    # `--linuxdmabuf-vm SPEC` as two words: drop the SPEC too.
-    invocation = list(config.invocation_params.args)
-    if "--linuxdmabuf-vm" in invocation:
-        i = invocation.index("--linuxdmabuf-vm")
-        if i + 1 < len(invocation) and invocation[i + 1] == spec:
-            args.remove(spec)
-    cmd = [sys.executable, "-m", "pytest", *args]
+    # The guest sees this machine's files read-only; the rootdir stays
+    # writable, as pytest expects (its cache, files the tests write there).
+    rootdir = str(config.rootpath)
+    rwdirs = [rootdir] if rootdir != "/" and os.access(rootdir, os.W_OK) else []
     try:
-        return vm.run(cmd, kernel=spec, cwd=str(config.invocation_params.dir))
+        return vm.run(_inner_command(config), kernel=spec, cwd=str(config.invocation_params.dir), rwdirs=rwdirs,
+                      cpus=config.getoption("linuxdmabuf_vm_cpus"), memory=config.getoption("linuxdmabuf_vm_memory"),
+                      timeout=config.getoption("linuxdmabuf_vm_timeout"))
     except (vm.VMError, vm.KernelError) as e:
-        print(f"linuxdmabuf vm: {e}", file=sys.stderr)
+        print(f"linuxdmabuf vm: {e}", file=sys.stderr, flush=True)
         return getattr(e, "status", vm.EXIT_RUNNER)

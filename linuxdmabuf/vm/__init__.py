@@ -11,9 +11,11 @@ emulation otherwise.
 This module is the one implementation behind ``linuxdmabuf vm``, the
 project's tools/vm-run and the pytest plugin's ``--linuxdmabuf-vm``.
 """
+import contextlib
 import json
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -21,6 +23,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from .kernels import SPECS, Kernel, KernelError, cache_dir, resolve
@@ -32,6 +35,8 @@ EXIT_TIMEOUT = 124
 EXIT_RUNNER = 125
 EXIT_NOT_FOUND = 127
 
+MIN_MEMORY_MIB = 128
+
 # Host variables that mean nothing inside the guest.
 _ENV_SKIP = {"PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY",
              "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT",
@@ -41,9 +46,10 @@ _ENV_SKIP = {"PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "DISPLAY", "WAYLAND_DISP
 class VMError(Exception):
     """The VM could not be started or did not finish the command; the message says why."""
 
-    def __init__(self, message: str, status: int = EXIT_RUNNER):
+    def __init__(self, message: str, status: int = EXIT_RUNNER, summary: str | None = None):
         super().__init__(message)
         self.status = status
+        self.summary = summary or message.splitlines()[0]
 
 
 def _need(program: str, fix: str) -> str:
@@ -91,9 +97,51 @@ def accelerator(kernel: Kernel, qemu: str) -> str:
         works = False
     accel = "kvm" if works else "tcg"
     os.makedirs(os.path.dirname(record), exist_ok=True)
-    with open(record, "w") as f:
+    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(record), prefix=".kvm-probe-", delete=False) as f:
         json.dump({"boot_id": boot_id, "qemu": qemu, "accel": accel}, f)
+    os.replace(f.name, record)  # whole or absent, for a concurrent reader
     return accel
+
+
+def memory_mib(memory: str) -> int:
+    """Guest memory in MiB from QEMU's syntax (a number of MiB, or with a K/M/G/T suffix); ValueError if bad."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", str(memory).strip(), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"guest memory {memory!r} is not a size such as 512M or 2G")
+    number, unit = match.groups()
+    mib = int(float(number) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}[unit.upper()])
+    if mib < MIN_MEMORY_MIB:
+        raise ValueError(f"guest memory {memory} is too little: the guest needs at least {MIN_MEMORY_MIB}M to boot")
+    return mib
+
+
+def _oom_victim(console_text: str) -> str | None:
+    """The kernel's line naming what its OOM killer killed, if the console shows one."""
+    lines = [line for line in console_text.splitlines() if "Out of memory" in line or "oom-kill" in line]
+    killed = [line for line in lines if "Killed process" in line]
+    found = (killed or lines or [None])[-1]
+    return re.sub(r"^\[[ 0-9.]+\] ?", "", found.strip()) if found else None
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """While inside: SIGTERM and SIGHUP raise SystemExit, so that the VM is killed on the way out.
+
+    Only where Python's default (die at once) is in place, and only in the main thread.
+    """
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        def leave(signum, frame):
+            raise SystemExit(128 + signum)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                previous[sig] = signal.signal(sig, leave)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _closed_ancestors(paths) -> list:
@@ -111,17 +159,18 @@ def _closed_ancestors(paths) -> list:
     return sorted(found)
 
 
-def _guest_script(outdir: str, cmd: list, cwd: str, env: dict, user: str | None, opened: list) -> str:
+def _guest_script(outdir: str, cmd: list, cwd: str, env: dict, user: str | None, opened: list, spec: str) -> str:
     q = shlex.quote
     lines = [
         "#!/bin/sh",
         f"out={q(outdir)}",
         'exec >"$out/stdout" 2>"$out/stderr" </dev/null',
         'uname -r >"$out/release"',
+        ': >"$out/started"',  # booted: from here on, a failure is the command's, not the kernel's
         # Debian's stock kernels build vgem as a module; the full kernel has no modules.
         "modprobe -q vgem 2>/dev/null",
         *(f"export {k}={q(v)}" for k, v in sorted(env.items())),
-        "export LINUXDMABUF_IN_VM=1 PYTHONUNBUFFERED=1",
+        f"export LINUXDMABUF_IN_VM=1 LINUXDMABUF_VM_KERNEL={q(spec)} PYTHONUNBUFFERED=1",
     ]
     if opened:
         lines.append("chmod o+x " + " ".join(q(d) for d in opened))
@@ -130,7 +179,6 @@ def _guest_script(outdir: str, cmd: list, cwd: str, env: dict, user: str | None,
         f"if ! command -v {q(cmd[0])} >/dev/null 2>&1; then",
         f"  echo 'linuxdmabuf vm: command not found in the VM: {cmd[0]}' >&2; echo {EXIT_NOT_FOUND} >\"$out/status\"; exit",
         "fi",
-        ': >"$out/started"',
     ]
     prefix = []
     if user is not None:
@@ -160,6 +208,15 @@ class _Tail:
             self.stream.flush()
 
 
+def _last_words(console_text: str) -> str | None:
+    """The console line that best says why a VM died: a panic, a QEMU or KVM error."""
+    for marker in ("Kernel panic", "KVM internal error", "qemu-system", "BUG:", "Oops"):
+        found = [line for line in console_text.splitlines() if marker in line]
+        if found:
+            return re.sub(r"^\[[ 0-9.]+\] ?", "", found[-1].strip())
+    return None
+
+
 def _console_tail(path: str, lines: int = 40) -> str:
     try:
         with open(path, "rb") as f:
@@ -171,27 +228,44 @@ def _console_tail(path: str, lines: int = 40) -> str:
 
 
 def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str | None = None, cpus: int = 2,
-        memory: str = "2G", timeout: float | None = 3600, boot_timeout: float = 300, rwdirs=(),
+        memory: str = "2G", timeout: float | None = 3600, boot_timeout: float = 300, rwdirs=(), append=(),
         stdout=None, stderr=None, log=None) -> int:
     """Boot a VM on `kernel`, run `cmd` (a list) in `cwd` inside it, return its exit status.
 
     Streams the command's output to `stdout`/`stderr` (binary streams,
     default ours). `user` runs it as that user of this machine instead of
     root. `rwdirs` are host directories the guest may write to (the rest of
-    the filesystem is read-only there). Directories on the way to `cwd` and
-    to the command are made traversable by every user inside the VM (a
-    guest-only change, so that unprivileged users can run the same venv).
-    A VM that dies or hangs before the command starts is booted once more.
-    Raises VMError, whose `status` is 124 for a time-out and 125 for any other
-    failure of the VM itself, with the console's last lines in the message;
-    KernelError when the kernel cannot be had.
+    the filesystem is read-only there). `append` adds kernel command-line
+    arguments. Directories on the way to `cwd` and to the command are made
+    traversable by every user inside the VM (a guest-only change, so that
+    unprivileged users can run the same venv). Inside, $LINUXDMABUF_IN_VM is
+    1 and $LINUXDMABUF_VM_KERNEL the spec. A VM that dies or hangs before the
+    command starts is booted once more. A command killed by a signal gives
+    128 + its number, and a line saying so (naming the guest's OOM killer
+    when it was that). Raises VMError, whose `status` is 124 for a time-out
+    and 125 for any other failure of the VM itself, with the console's last
+    lines in the message; KernelError when the kernel cannot be had.
+    SIGTERM or SIGHUP to this process kills the VM on the way out.
     """
     if not cmd:
         raise VMError("no command to run in the VM")
+    if isinstance(cmd, (str, bytes)):
+        raise TypeError("cmd must be a list of arguments, not a string")
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
+        raise VMError(f"the VM needs a whole number of CPUs >= 1, not {cpus!r}")
+    try:
+        memory_mib(memory)
+    except ValueError as e:
+        raise VMError(str(e)) from None
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     stdout = stdout or sys.stdout.buffer
     stderr = stderr or sys.stderr.buffer
     cwd = os.path.abspath(cwd or os.getcwd())
+    if not os.path.isdir(cwd):
+        raise VMError(f"working directory {cwd} does not exist")
+    for d in rwdirs:
+        if not os.path.isdir(d):
+            raise VMError(f"--rwdir {d} is not a directory")
     qemu = _need("qemu-system-x86_64", "install QEMU (apt-get install qemu-system-x86) or run udmabuf-setup.sh")
     vng = _need("vng", "install virtme-ng (pip install 'linuxdmabuf[vm]') or run udmabuf-setup.sh")
     _need("busybox", "install busybox (apt-get install busybox-static), which virtme-ng's guest init needs")
@@ -212,38 +286,50 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
         env = {k: v for k, v in os.environ.items() if k not in _ENV_SKIP and k.isidentifier()}
         script = os.path.join(outdir, "guest.sh")
         with open(script, "w") as f:
-            f.write(_guest_script(outdir, cmd, cwd, env, user, opened))
+            f.write(_guest_script(outdir, cmd, cwd, env, user, opened, kernel.spec))
         argv = [vng, "--run", kernel.image, "--cpus", str(cpus), "--memory", str(memory), "--verbose",
                 "--qemu", qemu, "--cwd", cwd, "--rwdir", outdir, "--exec", f"sh {shlex.quote(script)}"]
         if accel == "tcg":
             argv.append("--disable-kvm")
+        for arg in append:
+            argv += ["--append", arg]
         for d in rwdirs:
             argv += ["--rwdir", os.path.abspath(d)]
         for d in opened:
             if os.path.dirname(d) not in opened:  # the topmost closed directory gets a writable overlay
                 argv += ["--overlay-rwdir", d]
-        for attempt in (1, 2):
-            try:
-                status = _boot(argv, outdir, stdout, stderr, timeout, boot_timeout, f"{kernel.spec}, {accel}")
-                break
-            except VMError as e:
-                # A kernel that dies or hangs before the command starts has done
-                # nothing yet (the 6.12 kernel panics at boot once in a while
-                # under TCG): boot once more before giving up.
-                if attempt == 2 or os.path.exists(os.path.join(outdir, "started")):
-                    raise
-                log(f"linuxdmabuf vm: {e}\nlinuxdmabuf vm: the VM failed before the command started; booting again")
+        with _terminate_as_exit():
+            for attempt in (1, 2):
+                try:
+                    status = _boot(argv, outdir, stdout, stderr, timeout, boot_timeout, kernel.spec, accel, memory,
+                                   log)
+                    break
+                except VMError as e:
+                    # A kernel that dies or hangs before the command starts has done
+                    # nothing yet (the 6.12 kernel panics at boot once in a while
+                    # under TCG): boot once more before giving up.
+                    if attempt == 2 or os.path.exists(os.path.join(outdir, "started")):
+                        raise
+                    log(f"linuxdmabuf vm: {e.summary}\nlinuxdmabuf vm: the VM failed before the command started; "
+                        "booting again")
         if status > 128:
-            console_text = _console_tail(os.path.join(outdir, "console.log"), 400)
-            reason = (f"killed by the guest's OOM killer: give the VM more than --memory {memory}"
-                      if "Out of memory" in console_text or "oom-kill" in console_text
-                      else f"killed by signal {status - 128}")
-            log(f"linuxdmabuf vm: the command was {reason}")
+            victim = _oom_victim(_console_tail(os.path.join(outdir, "console.log"), 2000))
+            try:
+                name = signal.Signals(status - 128).name
+            except ValueError:
+                name = f"signal {status - 128}"
+            if victim:
+                log(f"linuxdmabuf vm: the command was killed by the guest's OOM killer ({victim}): "
+                    f"the VM has {memory} of memory, give it more")
+            else:
+                log(f"linuxdmabuf vm: the command was killed by {name} (exit status {status})")
         return status
 
 
-def _boot(argv: list, outdir: str, stdout, stderr, timeout, boot_timeout, what: str) -> int:
+def _boot(argv: list, outdir: str, stdout, stderr, timeout, boot_timeout, spec: str, accel: str, memory: str,
+          log) -> int:
     """One VM run: stream the guest's output while it runs; its command's exit status."""
+    what = f"{spec}, {accel.upper()}"
     for name in ("stdout", "stderr", "status", "started", "console.log"):
         if os.path.exists(os.path.join(outdir, name)):
             os.remove(os.path.join(outdir, name))
@@ -256,12 +342,17 @@ def _boot(argv: list, outdir: str, stdout, stderr, timeout, boot_timeout, what: 
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console_file, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=dict(os.environ, PATH=path))
     failure = None
+    booted = False
     try:
         while proc.poll() is None:
+            elapsed = time.monotonic() - started_at
+            if not booted and os.path.exists(os.path.join(outdir, "started")):
+                booted = True
+                log(f"linuxdmabuf vm: {spec} kernel {_read(os.path.join(outdir, 'release'))} "
+                    f"booted in {elapsed:.1f} s ({accel.upper()})")
             for tail in tails:
                 tail.pump()
-            elapsed = time.monotonic() - started_at
-            if not os.path.exists(os.path.join(outdir, "started")) and elapsed > boot_timeout:
+            if not booted and elapsed > boot_timeout:
                 failure = f"the VM did not start the command within {boot_timeout:.0f} s"
             elif timeout is not None and elapsed > timeout:
                 failure = f"the command did not finish within {timeout:.0f} s"
@@ -270,48 +361,109 @@ def _boot(argv: list, outdir: str, stdout, stderr, timeout, boot_timeout, what: 
             time.sleep(0.1)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _stop(proc)
     for tail in tails:
         tail.pump()
     if failure:
-        raise VMError(f"{failure} ({what}); last console lines:\n{_console_tail(console)}", EXIT_TIMEOUT)
+        last = _last_words(_console_tail(console, 2000))
+        summary = f"{failure} ({what})" + (f": {last}" if last else "")
+        raise VMError(f"{summary}; last console lines:\n{_console_tail(console)}", EXIT_TIMEOUT, summary)
     try:
         with open(os.path.join(outdir, "status")) as f:
             return int(f.read())
     except (OSError, ValueError):
-        raise VMError(f"the VM stopped before the command finished (kernel panic, crash or vng error; {what}, "
-                      f"vng exit {proc.returncode}); last console lines:\n{_console_tail(console)}") from None
+        pass
+    text = _console_tail(console, 2000)
+    victim = _oom_victim(text)
+    last = _last_words(text)
+    summary = (f"the VM stopped before the command finished ({what}, vng exit {proc.returncode})"
+               + (f": {last}" if last else ": kernel panic, crash or vng error")
+               + (f"; the guest ran out of memory ({victim}): the VM has {memory}, give it more" if victim else ""))
+    raise VMError(f"{summary}; last console lines:\n{_console_tail(console)}", summary=summary)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a VM: QEMU first (so that virtme-ng reaps it and cleans up), then whatever is left of vng's group."""
+    for pid in _group_members(proc.pid):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().startswith("qemu-system"):
+                    os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _group_members(pgid: int) -> list:
+    """Processes in process group `pgid` (from /proc/<pid>/stat)."""
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid:  # state ppid pgrp ...
+                members.append(int(name))
+    return members
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return "(unknown release)"
 
 
 def main(argv=None) -> int:
-    """``linuxdmabuf vm [--kernel SPEC] [--user NAME] [--cpus N] [--memory SIZE] -- CMD...``"""
+    """``linuxdmabuf vm [--kernel SPEC] [--user NAME] [--cpus N] [--memory SIZE] [...] -- CMD...``"""
     import argparse
 
     parser = argparse.ArgumentParser(
         prog="linuxdmabuf vm",
         description="Boot a QEMU VM on a kernel with real dma-buf devices and run CMD in the current directory "
-                    "inside it; exits with CMD's status (124: time-out, 125: the VM failed, 127: not found).")
+                    "inside it, with this machine's filesystem (read-only) and the same interpreter and venv; "
+                    "streams CMD's output and exits with its status (124: time-out, 125: the VM failed, "
+                    "127: CMD not found in the VM, 128+N: CMD killed by signal N).")
     parser.add_argument("--kernel", default="full", metavar="SPEC",
                         help=f"one of {', '.join(SPECS)} or a kernel image path (default: full)")
     parser.add_argument("--user", help="run CMD as this user of this machine instead of root")
-    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--cpus", type=int, default=2, help="guest CPUs (default 2)")
     parser.add_argument("--memory", default="2G", help="guest memory, QEMU syntax (default 2G)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before the VM is killed (default 3600)")
+    parser.add_argument("--boot-timeout", type=float, default=300,
+                        help="seconds the kernel may take to boot and start CMD (default 300)")
+    parser.add_argument("--append", action="append", default=[], metavar="ARGS",
+                        help="extra kernel command-line arguments (repeatable)")
     parser.add_argument("--rwdir", action="append", default=[], help="a host directory the guest may write to")
     parser.add_argument("--fetch", action="store_true",
-                        help="only fetch (or build) and cache the kernels named by --kernel, then exit")
+                        help="only fetch (or build) and cache the kernels named by --kernel (comma-separated)")
     parser.add_argument("cmd", nargs="*", help="the command to run in the VM (after --)")
     args = parser.parse_args(argv)
     try:
         if args.fetch:
+            if args.cmd:
+                parser.error("--fetch takes no command")
             for spec in args.kernel.split(","):
                 print(f"{spec}: {resolve(spec).image}")
             return 0
         if not args.cmd:
             parser.error("no command given: linuxdmabuf vm [options] -- CMD...")
+        for name in ("timeout", "boot_timeout"):
+            if not getattr(args, name) > 0:
+                parser.error(f"--{name.replace('_', '-')} must be a positive number of seconds")
         return run(args.cmd, kernel=args.kernel, user=args.user, cpus=args.cpus, memory=args.memory,
-                   timeout=args.timeout, rwdirs=args.rwdir)
+                   timeout=args.timeout, boot_timeout=args.boot_timeout, rwdirs=args.rwdir, append=args.append)
     except KernelError as e:
         print(f"linuxdmabuf vm: {e}", file=sys.stderr)
         return EXIT_RUNNER

@@ -14,9 +14,13 @@ Specs:
 
 A cache entry is complete or absent: each is assembled in a temporary
 directory and renamed into place as the last step, so an interrupted download
-or build leaves nothing that looks usable. A second run uses the cache and
-touches no network.
+or build leaves nothing that looks usable. A lock per spec keeps two processes
+from fetching the same kernel at once (the second waits, then uses the first's
+result). A second run uses the cache and touches no network.
 """
+import contextlib
+import difflib
+import fcntl
 import glob
 import json
 import os
@@ -60,15 +64,32 @@ def _version_key(version: str):
 
 
 def _cached(spec: str) -> Kernel | None:
-    """The newest complete cache entry for `spec`."""
+    """The newest complete cache entry for `spec` (entries being assembled start with a dot)."""
     entries = []
     for meta in glob.glob(os.path.join(cache_dir(), "kernels", spec, "*", "kernel.json")):
-        with open(meta) as f:
-            info = json.load(f)
-        image = os.path.join(os.path.dirname(meta), info["image"])
-        if os.path.exists(image):
-            entries.append(Kernel(spec, image, info["version"]))
+        try:
+            with open(meta) as f:
+                info = json.load(f)
+            image = os.path.join(os.path.dirname(meta), info["image"])
+            version = info["version"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable: not a complete entry
+        if os.path.isfile(image):
+            entries.append(Kernel(spec, image, version))
     return max(entries, key=lambda k: _version_key(k.version or ""), default=None)
+
+
+@contextlib.contextmanager
+def _fetch_lock(spec: str):
+    """Hold <cache>/kernels/<spec>.lock: one process at a time fetches or builds `spec`."""
+    parent = os.path.join(cache_dir(), "kernels")
+    os.makedirs(parent, exist_ok=True)
+    fd = os.open(os.path.join(parent, f"{spec}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _commit(spec: str, version: str, staging: str, image_relpath: str, **extra) -> Kernel:
@@ -82,6 +103,11 @@ def _commit(spec: str, version: str, staging: str, image_relpath: str, **extra) 
 
 
 def _staging(spec: str) -> str:
+    """A fresh directory to assemble an entry in; call with _fetch_lock(spec) held.
+
+    Leftovers of an earlier fetch that was killed are removed: with the lock
+    held, no other process is assembling one.
+    """
     parent = os.path.join(cache_dir(), "kernels", spec)
     os.makedirs(parent, exist_ok=True)
     for stale in glob.glob(os.path.join(parent, ".partial-*")):
@@ -89,33 +115,63 @@ def _staging(spec: str) -> str:
     return tempfile.mkdtemp(prefix=".partial-", dir=parent)
 
 
+def check_image(path: str, what: str = "kernel image") -> str:
+    """`path` made absolute if it is a readable x86 bzImage or ELF kernel; KernelError saying why not.
+
+    A bzImage carries "HdrS" at offset 0x202 (Documentation/arch/x86/boot.rst);
+    QEMU also boots an ELF vmlinux that has a PVH note. Anything else would
+    only fail later, inside QEMU, with a less helpful message.
+    """
+    if not os.path.exists(path):
+        raise KernelError(f"{what} {path} does not exist")
+    if not os.path.isfile(path):
+        raise KernelError(f"{what} {path} is not a file (give the kernel image itself, e.g. arch/x86/boot/bzImage)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(0x206)
+    except OSError as e:
+        raise KernelError(f"{what} {path} cannot be read: {e.strerror}") from None
+    if head[0x202:0x206] != b"HdrS" and not head.startswith(b"\x7fELF"):
+        raise KernelError(f"{what} {path} is not a Linux kernel image (no x86 boot header, not ELF): "
+                          "give a bzImage such as arch/x86/boot/bzImage or /boot/vmlinuz-*")
+    return os.path.abspath(path)
+
+
 def resolve(spec: str, *, fetch: bool = True, log=None) -> Kernel:
     """The kernel for `spec`, fetching or building it if it is not cached and `fetch` allows."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    if not isinstance(spec, str) or not spec:
+        raise KernelError(f"no kernel spec given: use one of {', '.join(SPECS)} or a path to a kernel image")
     if spec not in SPECS:
         if os.path.sep in spec or os.path.exists(spec):
-            if not os.path.isfile(spec):
-                raise KernelError(f"kernel image {spec} does not exist")
-            return Kernel(spec, os.path.abspath(spec))
-        raise KernelError(f"unknown kernel spec {spec!r}: use one of {', '.join(SPECS)} or a path to a kernel image")
+            return Kernel(spec, check_image(spec))
+        close = difflib.get_close_matches(spec, SPECS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise KernelError(f"unknown kernel spec {spec!r}{hint}: use one of {', '.join(SPECS)} "
+                          "or a path to a kernel image (a path needs a /, e.g. ./bzImage)")
     if spec == "full":
         image = os.environ.get("LINUXDMABUF_FULL_KERNEL")
         if image:
-            if not os.path.isfile(image):
-                raise KernelError(f"LINUXDMABUF_FULL_KERNEL={image} does not exist")
-            return Kernel(spec, image)
+            return Kernel(spec, check_image(image, "LINUXDMABUF_FULL_KERNEL's image"))
         kernel = _cached(spec) or _prebuilt_full()
         if kernel:
             return kernel
         if not fetch:
-            raise KernelError("no full kernel cached; run `linuxdmabuf vm --fetch full` to build it")
-        return build_full(log)
-    kernel = _cached(spec)
-    if kernel:
-        return kernel
-    if not fetch:
-        raise KernelError(f"{spec} is not cached; run `linuxdmabuf vm --fetch {spec}`")
-    return fetch_debian(spec, log)
+            raise KernelError("no full kernel here: set LINUXDMABUF_FULL_KERNEL to a kernel image built with "
+                              "linuxdmabuf/vm/dmabuf.config, or run `linuxdmabuf vm --fetch --kernel full` "
+                              "to build one (about 20 minutes on 2 cores, cached)")
+    else:
+        kernel = _cached(spec)
+        if kernel:
+            return kernel
+        if not fetch:
+            raise KernelError(f"{spec} is not cached: run `linuxdmabuf vm --fetch --kernel {spec}`")
+    with _fetch_lock(spec):
+        # Another process may have finished the same fetch while we waited.
+        kernel = _cached(spec)
+        if kernel:
+            return kernel
+        return build_full(log) if spec == "full" else fetch_debian(spec, log)
 
 
 def _prebuilt_full() -> Kernel | None:
@@ -181,10 +237,18 @@ class _Apt:
         with open(sources, "w") as f:
             f.write(f"deb [signed-by={keyring}] {mirror} {suite} main\n")
         self.mirror, self.suite = mirror, suite
+        lists = os.path.join(workdir, "lists")
         self.opts = ["-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=-",
-                     "-o", f"Dir::State::Lists={os.path.join(workdir, 'lists')}",
+                     "-o", f"Dir::State::Lists={lists}",
                      "-o", f"Dir::Cache={os.path.join(workdir, 'cache')}", "-o", "Debug::NoLocking=1"]
-        _run(["apt-get", *self.opts, "-qq", "update"], f"apt-get update of {suite} from {mirror}")
+        what = f"apt-get update of Debian {suite} from {mirror}"
+        # apt-get update exits 0 when an index cannot be fetched (it only
+        # warns): no Packages index afterwards is the failure to report.
+        done = subprocess.run(["apt-get", *self.opts, "-q", "update"], capture_output=True, text=True)
+        if done.returncode or not glob.glob(os.path.join(lists, "*_Packages*")):
+            problems = [line for line in (done.stderr + done.stdout).splitlines() if line.startswith(("E:", "W:"))]
+            raise KernelError(f"{what} failed (no network to the archive, or a wrong LINUXDMABUF_DEBIAN_MIRROR?): "
+                              + (" / ".join(problems[:2]) or f"exit {done.returncode}, no package index"))
 
     def newest(self, pattern: str) -> str | None:
         names = _run(["apt-cache", *self.opts, "pkgnames"], "apt-cache pkgnames").split()
@@ -256,8 +320,11 @@ def build_full(log) -> Kernel:
     missing = [pkg for tool, pkg in BUILD_TOOLS.items() if not shutil.which(tool)]
     missing += [pkg for header, pkg in BUILD_HEADERS.items() if not os.path.exists(header)]
     if missing:
-        raise KernelError("building the full kernel needs: apt-get install " + " ".join(sorted(set(missing))))
-    if not shutil.which("vng"):
+        raise KernelError("no full kernel here, and building one needs: apt-get install "
+                          + " ".join(sorted(set(missing))) + "; or set LINUXDMABUF_FULL_KERNEL to a kernel image "
+                          "built with linuxdmabuf/vm/dmabuf.config, or use a Debian kernel (--kernel debian-7.2)")
+    vng = shutil.which("vng") or shutil.which("vng", path=os.path.dirname(sys.executable))
+    if not vng:
         raise KernelError("building the full kernel needs virtme-ng's vng on PATH: pip install virtme-ng")
     log("linuxdmabuf vm: building the full kernel once (Debian linux-source + dmabuf.config, "
         f"about 20 minutes on 2 cores), cached in {cache_dir()}")
@@ -274,7 +341,7 @@ def build_full(log) -> Kernel:
         _run(["tar", "-xf", tarball, "-C", staging], f"extracting {os.path.basename(tarball)}")
         src = glob.glob(os.path.join(staging, "linux-source-*/"))[0]
         steps = [
-            ["vng", "--kconfig", "--config", CONFIG_FRAGMENT],
+            [vng, "--kconfig", "--config", CONFIG_FRAGMENT],
             ["scripts/config", "--disable", "DEBUG_INFO", "--enable", "DEBUG_INFO_NONE",
              "--disable", "DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT", "--disable", "DEBUG_INFO_BTF"],
             ["make", "olddefconfig"],
