@@ -1,0 +1,373 @@
+"""``linuxdmabuf info``: what this kernel offers and this user may use, with the fix for what is missing.
+
+The kernel release; each dma-heap with its device node's owner, group and
+mode, whether this user can open it and allocate from it, and its kind
+(system or CMA, discovered by allocating, not guessed from the name);
+udmabuf's node, access and module limits; sw_sync and debugfs; the features
+probe; then, for everything missing or denied, the exact fix: the kernel
+option, the module to load, the group to join or the udev rule to install.
+Exit status 0 if this user can allocate a dma-buf from some provider, 1 if not.
+"""
+import argparse
+import errno
+import grp
+import gzip
+import json
+import os
+import pwd
+import stat
+import sys
+
+from ._tools import stdout_closed_ok
+
+RULES_FILE = "/etc/udev/rules.d/70-linuxdmabuf.rules"
+SETUP = "sudo ./udmabuf-setup.sh --devices-only --group video (from linuxdmabuf's source tree)"
+
+
+def udev_rule(device: str, group: str = "video") -> str:
+    """The udev rule udmabuf-setup.sh writes to let `group` (not the world) open `device`."""
+    if device == "udmabuf":
+        return f'KERNEL=="udmabuf", SUBSYSTEM=="misc", GROUP="{group}", MODE="0660"'
+    return f'SUBSYSTEM=="dma_heap", GROUP="{group}", MODE="0660"'
+
+
+def parse_kernel_config(text: str) -> dict:
+    """A kernel .config: "CONFIG_X" -> "y", "m", "n" or the value given."""
+    options = {}
+    for line in text.splitlines():
+        if line.startswith("CONFIG_"):
+            key, _, value = line.partition("=")
+            options[key] = value
+        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+            options[line[2:-len(" is not set")]] = "n"
+    return options
+
+
+def kernel_config() -> tuple:
+    """(options, source) of the running kernel's configuration, or ({}, None) if unreadable.
+
+    From /proc/config.gz (CONFIG_IKCONFIG_PROC) or the file distributions
+    install beside the kernel.
+    """
+    release = os.uname().release
+    for path in ("/proc/config.gz", f"/boot/config-{release}", f"/lib/modules/{release}/config",
+                 f"/usr/lib/modules/{release}/config"):
+        try:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt") as f:
+                return parse_kernel_config(f.read()), path
+        except OSError:
+            continue
+    return {}, None
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _node(path: str) -> dict:
+    """A device node's owner, group, mode and who besides root may open it."""
+    st = os.stat(path)
+    mode = stat.S_IMODE(st.st_mode)
+    group = _group_name(st.st_gid)
+    if mode & stat.S_IROTH:
+        others = "everyone" + (" (world-writable!)" if mode & stat.S_IWOTH else "")
+    elif mode & stat.S_IRGRP and st.st_gid != 0:
+        others = f"group {group}"
+    else:
+        others = "root only"
+    try:
+        acl = "system.posix_acl_access" in os.listxattr(path)
+    except OSError:
+        acl = False
+    if acl:
+        others += " + ACL"
+    return {"path": path, "owner": _user_name(st.st_uid), "group": group, "mode": f"{mode:04o}",
+            "filemode": stat.filemode(st.st_mode), "others": others, "acl": acl}
+
+
+def access_fix(path: str, device: str) -> str:
+    """What lets this user open `path` ("udmabuf" or "dma_heap"), judged from its group and mode."""
+    st = os.stat(path)
+    user = _user_name(os.geteuid())
+    group = _group_name(st.st_gid)
+    if st.st_gid != 0 and st.st_mode & stat.S_IRGRP:
+        if st.st_gid in os.getgroups() or st.st_gid == os.getegid():
+            return (f"this process is in group {group}, which may open {path}, and is still refused: an ACL or a "
+                    f"security module denies it (getfacl {path}; the audit log)")
+        try:
+            member = user in grp.getgrgid(st.st_gid).gr_mem or pwd.getpwnam(user).pw_gid == st.st_gid
+        except KeyError:
+            member = False
+        if member:
+            return (f"you are in group {group}, which may open {path}, but this login session started before "
+                    f"you were added: log out and in again (or run `newgrp {group}`)")
+        return f"join group {group}, which may open {path}: sudo usermod -aG {group} {user}, then log in again"
+    return (f"let a group open it with a udev rule: {SETUP} writes {RULES_FILE} with `{udev_rule(device)}` "
+            f"and adds you to group video; log in again afterwards")
+
+
+def _try(call) -> tuple:
+    """(result, None) or (None, the OSError)."""
+    try:
+        return call(), None
+    except OSError as e:
+        return None, e
+
+
+def _probe_device(open_device) -> dict:
+    """Open the device, allocate one page from it, close both."""
+    import linuxdmabuf
+
+    from .._uapi import PAGE_SIZE
+
+    device, error = _try(open_device)
+    found = {"can_open": device is not None, "can_allocate": False, "kind": None,
+             "denied": isinstance(error, PermissionError), "error": error and error.strerror}
+    if device is None:
+        return found
+    with device:
+        buf, error = _try(lambda: device.allocate(PAGE_SIZE))
+        found["error"] = error and error.strerror
+        if buf is not None:
+            buf.close()
+            found["can_allocate"] = True
+            if isinstance(device, linuxdmabuf.Heap):
+                found["kind"] = device.kind
+    return found
+
+
+def _module_state(name: str, config_key: str, config: dict) -> str:
+    """"built in", "module, loaded", "module, not loaded", "not in this kernel" or "unknown".
+
+    /sys/module/<name> exists for a loaded module (with an initstate file)
+    and for a built-in one that has parameters (without); modules.dep lists
+    the modules that can be loaded.
+    """
+    if os.path.isdir(f"/sys/module/{name}"):
+        return "module, loaded" if os.path.exists(f"/sys/module/{name}/initstate") else "built in"
+    value = config.get(config_key)
+    if value == "m" or _loadable(name):
+        return "module, not loaded"
+    if value == "y":
+        return "built in"
+    return "not in this kernel" if config else "unknown"
+
+
+def _loadable(name: str) -> bool:
+    try:
+        with open(f"/lib/modules/{os.uname().release}/modules.dep") as f:
+            return any(line.split(":", 1)[0].rsplit("/", 1)[-1].split(".ko")[0] == name for line in f)
+    except OSError:
+        return False
+
+
+def collect() -> dict:
+    """Everything info reports, as one JSON-ready document."""
+    import linuxdmabuf
+    from linuxdmabuf.heap import HEAP_DIR
+    from linuxdmabuf.swsync import debugfs_mount, sw_sync_path
+    from linuxdmabuf.udmabuf import DEVICE
+
+    config, config_source = kernel_config()
+    fixes = []
+
+    def fix(problem, remedy, blocking=False):
+        fixes.append({"problem": problem, "fix": remedy, "blocks_allocation": blocking})
+
+    heaps = []
+    for name in linuxdmabuf.Heap.available():
+        path = os.path.join(HEAP_DIR, name)
+        entry = {"name": name, **_node(path), **_probe_device(lambda name=name: linuxdmabuf.Heap(name))}
+        heaps.append(entry)
+    if not os.path.isdir(HEAP_DIR):
+        state = config.get("CONFIG_DMABUF_HEAPS")
+        remedy = ("a kernel built with CONFIG_DMABUF_HEAPS=y and CONFIG_DMABUF_HEAPS_SYSTEM=y (Linux 5.6+)"
+                  if state in (None, "n") else
+                  "modprobe system_heap" if config.get("CONFIG_DMABUF_HEAPS_SYSTEM") == "m" else
+                  "CONFIG_DMABUF_HEAPS_SYSTEM=y in the kernel configuration")
+        fix(f"no dma-heaps: {HEAP_DIR} does not exist", remedy, blocking=True)
+    elif not heaps:
+        fix(f"{HEAP_DIR} is empty", "modprobe system_heap, or CONFIG_DMABUF_HEAPS_SYSTEM=y", blocking=True)
+    for heap in heaps:
+        if not heap["can_open"]:
+            fix(f"this user may not open {heap['path']}: {heap['error']}",
+                access_fix(heap["path"], "dma_heap") if heap["denied"] else "see the kernel log (dmesg)",
+                blocking=True)
+        elif heap["can_open"] and not heap["can_allocate"]:
+            fix(f"{heap['path']} opens but does not allocate a page: {heap['error']}",
+                "a CMA heap needs free CMA memory (CmaFree in /proc/meminfo)" if heap["kind"] != "system" else
+                "check free memory and the kernel log (dmesg)")
+        elif os.geteuid() == 0 and heap["others"] == "root only":
+            fix(f"only root may open {heap['path']}", access_fix(heap["path"], "dma_heap"))
+    if heaps and not any(h["kind"] == "cma" for h in heaps) and all(h["can_open"] for h in heaps):
+        cma_total = _meminfo("CmaTotal")
+        if config.get("CONFIG_DMABUF_HEAPS_CMA") in ("y", "m") and not cma_total:
+            fix("no CMA heap: the kernel has CONFIG_DMABUF_HEAPS_CMA but no CMA area",
+                "reserve one: cma=64M on the kernel command line (or a reusable shared-dma-pool in the device tree)")
+        else:
+            fix("no CMA heap (physically contiguous buffers)",
+                "a kernel with CONFIG_DMABUF_HEAPS_CMA=y and a CMA area (cma=64M on the command line)")
+
+    udmabuf = {"path": DEVICE, "present": os.path.exists(DEVICE),
+               "module": _module_state("udmabuf", "CONFIG_UDMABUF", config),
+               "limits": linuxdmabuf.Udmabuf.limits()}
+    if udmabuf["present"]:
+        udmabuf.update(_node(DEVICE))
+        udmabuf.update(_probe_device(linuxdmabuf.Udmabuf))
+        if not udmabuf["can_open"]:
+            fix(f"this user may not open {DEVICE}: {udmabuf['error']}",
+                access_fix(DEVICE, "udmabuf") if udmabuf["denied"] else "see the kernel log (dmesg)", blocking=True)
+        elif not udmabuf["can_allocate"]:
+            fix(f"{DEVICE} opens but does not allocate a page: {udmabuf['error']}",
+                "check free memory, memfd_create and the kernel log (dmesg)", blocking=True)
+        elif os.geteuid() == 0 and udmabuf["others"] == "root only":
+            fix(f"only root may open {DEVICE}", access_fix(DEVICE, "udmabuf"))
+    elif udmabuf["module"] == "module, not loaded":
+        fix(f"no {DEVICE}: the udmabuf module is not loaded",
+            f"sudo modprobe udmabuf (or {SETUP}, which also grants access)", blocking=True)
+    elif udmabuf["module"] in ("built in", "module, loaded"):
+        fix(f"udmabuf is in the kernel but {DEVICE} is missing", "mount devtmpfs on /dev (or let udev create it)",
+            blocking=True)
+    else:
+        fix(f"no {DEVICE}: this kernel has no udmabuf", "a kernel with CONFIG_UDMABUF=y (Linux 4.20+)",
+            blocking=True)
+
+    mount = debugfs_mount()
+    bufinfo = os.path.join(mount, "dma_buf", "bufinfo") if mount else None
+    debugfs = {"mounted": mount, "bufinfo": bufinfo, "bufinfo_readable": bool(bufinfo and os.access(bufinfo, os.R_OK))}
+    if mount is None:
+        fix("debugfs is not mounted (sw_sync and dma_buf/bufinfo live there)",
+            "sudo mount -t debugfs none /sys/kernel/debug")
+    elif not debugfs["bufinfo_readable"]:
+        fix("this user cannot read debugfs dma_buf/bufinfo (dump then sees only buffers of processes it may inspect)",
+            "run dump as root" if os.geteuid() else "a kernel with CONFIG_DEBUG_FS=y")
+    sw_sync = {"path": None, "can_open": False, "error": None}
+    try:
+        sw_sync["path"] = sw_sync_path()
+        linuxdmabuf.SwSyncTimeline().close()
+        sw_sync["can_open"] = True
+    except OSError as e:
+        sw_sync["error"] = e.strerror
+        if mount is not None:
+            if e.errno == errno.EACCES:
+                remedy = "sw_sync lives in debugfs, which only root may use: run fence tests as root"
+            else:
+                remedy = ("a kernel with CONFIG_SW_SYNC=y (needs CONFIG_SYNC_FILE and CONFIG_DEBUG_FS); "
+                          "for tests only: its fences are signaled from userspace")
+            fix(f"no sw_sync: {e.strerror}", remedy)
+
+    features = linuxdmabuf.features()
+    providers = [h["name"] for h in heaps if h["can_allocate"]] + (["udmabuf"] if udmabuf.get("can_allocate") else [])
+    if providers and not features["export_sync_file"]:
+        fix("no DMA_BUF_IOCTL_EXPORT_SYNC_FILE/IMPORT_SYNC_FILE", "Linux 6.0 or later")
+    if providers and not features["set_deadline"]:
+        fix("no SYNC_IOC_SET_DEADLINE", "Linux 6.3 or later")
+    return {
+        "linuxdmabuf": linuxdmabuf.__version__,
+        "kernel": os.uname().release,
+        "kernel_config": config_source,
+        "user": {"uid": os.geteuid(), "name": _user_name(os.geteuid()),
+                 "groups": sorted({_group_name(g) for g in os.getgroups()})},
+        "dma_heap": {"path": HEAP_DIR, "present": os.path.isdir(HEAP_DIR), "heaps": heaps},
+        "udmabuf": udmabuf,
+        "sw_sync": sw_sync,
+        "debugfs": debugfs,
+        "features": features,
+        "can_allocate": bool(providers),
+        "providers": providers,
+        "fixes": fixes,
+    }
+
+
+def _meminfo(key: str) -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _yes(value) -> str:
+    return "yes" if value else "no"
+
+
+def print_text(doc: dict, out=sys.stdout) -> None:
+    say = lambda line="": print(line, file=out)
+    user = doc["user"]
+    say(f"linuxdmabuf {doc['linuxdmabuf']} on Linux {doc['kernel']}, as {user['name']} (uid {user['uid']}; "
+        f"groups: {', '.join(user['groups']) or '-'})")
+    say()
+    heaps = doc["dma_heap"]
+    if not heaps["present"]:
+        say(f"dma-heaps: none ({heaps['path']} does not exist)")
+    else:
+        say(f"dma-heaps in {heaps['path']}:")
+        width = max([len(h["name"]) for h in heaps["heaps"]] + [4])
+        for h in heaps["heaps"]:
+            say(f"  {h['name']:<{width}}  {_node_text(h)}  kind: {h['kind'] or '? (open it to find out)'}")
+    u = doc["udmabuf"]
+    if u["present"]:
+        say(f"udmabuf: {u['path']}  {_node_text(u)}")
+    else:
+        say(f"udmabuf: no {u['path']}")
+    limits = " ".join(f"{k}={'?' if v is None else v}" for k, v in u["limits"].items())
+    say(f"  udmabuf in the kernel: {u['module']}; {limits}")
+    s = doc["sw_sync"]
+    say(f"sw_sync: {s['path'] + ': can open' if s['can_open'] else 'no: ' + str(s['error'])}")
+    d = doc["debugfs"]
+    if d["mounted"]:
+        say(f"debugfs: mounted at {d['mounted']}; dma_buf/bufinfo readable by this user: {_yes(d['bufinfo_readable'])}")
+    else:
+        say("debugfs: not mounted")
+    say("features: " + " ".join(f"{k}={_yes(v)}" for k, v in doc["features"].items()))
+    say()
+    if doc["can_allocate"]:
+        say(f"dma-bufs can be allocated here by this user: yes ({', '.join(doc['providers'])})")
+    else:
+        say("dma-bufs can be allocated here by this user: NO")
+    if doc["fixes"]:
+        say()
+        say("To fix:")
+        for f in doc["fixes"]:
+            mark = "!" if f["blocks_allocation"] else "-"
+            say(f"  {mark} {f['problem']}")
+            say(f"      fix: {f['fix']}")
+
+
+def _node_text(node: dict) -> str:
+    state = f"open: {_yes(node['can_open'])}  allocate: {_yes(node['can_allocate'])}"
+    if node["error"] and not node["can_allocate"]:
+        state += f" ({node['error']})"
+    return f"{node['filemode']} {node['owner']}:{node['group']}  ({node['others']})  {state}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="linuxdmabuf info", description=__doc__.split("\n\n")[0],
+                                     epilog="Exit status: 0 if this user can allocate a dma-buf, 1 if not.")
+    parser.add_argument("--json", action="store_true", help="one JSON document")
+    args = parser.parse_args(argv)
+    doc = collect()
+
+    def output():
+        if args.json:
+            json.dump(doc, sys.stdout, indent=1)
+            print()
+        else:
+            print_text(doc)
+        return 0 if doc["can_allocate"] else 1
+
+    return stdout_closed_ok(output)

@@ -1,0 +1,214 @@
+"""`linuxdmabuf watch`: real uevents for udmabuf and the heaps, buffer totals, clean stops.
+
+Writing an action to a device's sysfs "uevent" file makes the kernel send
+that uevent for the device (a synthetic one, carrying SYNTH_UUID): "remove"
+does not remove /dev/udmabuf, but the event is the kernel's own, through
+the same netlink socket a module load or hotplug uses.
+"""
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from linuxdmabuf.cli import watch
+
+UEVENT = "/sys/class/misc/udmabuf/uevent"
+
+
+# -- host side ---------------------------------------------------------------------------------------
+
+def test_relevant_devices():
+    assert watch.relevant("dma_heap", "system") and watch.relevant("misc", "udmabuf")
+    assert not watch.relevant("misc", "fuse") and not watch.relevant("drm", "card0")
+
+
+def test_buffers_record_says_what_changed():
+    before = {"system": {"buffers": 2, "bytes": 8192}, "total": {"buffers": 2, "bytes": 8192}}
+    now = {"udmabuf": {"buffers": 1, "bytes": 1 << 20}, "system": {"buffers": 2, "bytes": 8192},
+           "total": {"buffers": 3, "bytes": 8192 + (1 << 20)}}
+    record, text = watch.buffers_record(now, before)
+    assert record["exporters"]["udmabuf"] == {"buffers": 1, "bytes": 1 << 20, "delta_buffers": 1,
+                                              "delta_bytes": 1 << 20}
+    assert record["exporters"]["system"]["delta_buffers"] == 0
+    assert record["total"]["delta_buffers"] == 1
+    assert text == "buffers: system 2 8 KiB, udmabuf 1 (+1) 1 MiB (+1 MiB), total 3 (+1) 1.0 MiB (+1 MiB)"
+    record, text = watch.buffers_record({"total": {"buffers": 0, "bytes": 0}}, now)
+    assert record["exporters"]["udmabuf"]["delta_bytes"] == -(1 << 20)
+    assert "udmabuf 0 (-1) 0 B (-1 MiB)" in text
+
+
+@pytest.mark.parametrize("args", [["--interval", "0"], ["--count", "0"], ["--timeout", "-1"], ["--source", "x"]])
+def test_bad_arguments(args):
+    with pytest.raises(SystemExit) as e:
+        watch.main(args)
+    assert e.value.code == 2
+
+
+def test_bounded_run_stops_by_itself():
+    run = _watch_run("--json", "--timeout", "0.5")
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert lines[0]["event"] == "start" and lines[-1] == {**lines[-1], "event": "stop", "reason": "timeout",
+                                                           "device_events": 0}
+    run = _watch_run("--count", "1", "--timeout", "0.5")
+    assert run.returncode == 1 and "--timeout passed after 0 of 1 device events" in run.stderr
+
+
+def test_missing_pyudev_names_the_fix(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pyudev", None)
+    assert watch.main(["--timeout", "0"]) == 3
+    assert "pip install 'linuxdmabuf[tools]'" in capsys.readouterr().err
+
+
+def _watch_run(*args):
+    return subprocess.run([sys.executable, "-m", "linuxdmabuf", "watch", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+# -- in the VM ------------------------------------------------------------------------------------------
+
+class Watch:
+    """`linuxdmabuf watch --json ...` running, read line by line with a deadline."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen([sys.executable, "-m", "linuxdmabuf", "watch", "--json", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.buffer = b""
+        self.start = self.next(60)
+        assert self.start["event"] == "start", self.start
+
+    def next(self, timeout=30) -> dict:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                raise AssertionError(f"no line from watch in {timeout} s; got {self.buffer!r}")
+            data = os.read(self.proc.stdout.fileno(), 4096)
+            if not data:
+                raise AssertionError(f"watch exited: {self.proc.wait()} {self.proc.stderr.read()!r}")
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def until(self, predicate, timeout=30) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.next(max(0.1, deadline - time.monotonic()))
+            if predicate(record):
+                return record
+
+    def finish(self, timeout=30) -> tuple:
+        """(exit status, the remaining lines)."""
+        out, err = self.proc.communicate(timeout=timeout)
+        lines = (self.buffer + out).decode().splitlines()
+        return self.proc.returncode, [json.loads(line) for line in lines if line], err.decode()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def _trigger(path, action):
+    with open(path, "w") as f:
+        f.write(action)
+
+
+@pytest.fixture
+def root_with_udmabuf():
+    if os.geteuid() != 0 or not os.path.exists(UEVENT):
+        pytest.skip(f"needs root and udmabuf (kernel {os.uname().release})")
+
+
+@pytest.mark.kernel
+def test_watch_sees_udmabuf_remove_and_add(root_with_udmabuf):
+    w = Watch("--count", "2", "--timeout", "60")
+    try:
+        assert "/dev/udmabuf" in w.start["present"]
+        _trigger(UEVENT, "remove")
+        _trigger(UEVENT, "add")
+        status, lines, err = w.finish()
+    finally:
+        w.close()
+    assert status == 0, err
+    events = [r for r in lines if r["event"] == "device"]
+    assert [(e["action"], e["subsystem"], e["name"], e["devnode"]) for e in events] == [
+        ("remove", "misc", "udmabuf", "/dev/udmabuf"), ("add", "misc", "udmabuf", "/dev/udmabuf")]
+    st = os.stat("/dev/udmabuf")
+    assert events[1]["devnum"] == f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    assert int(events[1]["seqnum"]) > int(events[0]["seqnum"])
+    assert lines[-1]["event"] == "stop" and lines[-1]["reason"] == "count" and lines[-1]["device_events"] == 2
+
+
+@pytest.mark.kernel
+def test_watch_sees_heaps_and_ignores_other_misc_devices(root_with_udmabuf):
+    heaps = sorted(os.listdir("/sys/class/dma_heap")) if os.path.isdir("/sys/class/dma_heap") else []
+    others = [d for d in sorted(os.listdir("/sys/class/misc")) if d != "udmabuf"]
+    w = Watch("--count", str(len(heaps) + 1), "--timeout", "60")
+    try:
+        for other in others[:3]:
+            _trigger(f"/sys/class/misc/{other}/uevent", "change")
+        for heap in heaps:
+            _trigger(f"/sys/class/dma_heap/{heap}/uevent", "change")
+        _trigger(UEVENT, "change")
+        status, lines, err = w.finish()
+    finally:
+        w.close()
+    assert status == 0, err
+    events = [(r["action"], r["subsystem"], r["devnode"]) for r in lines if r["event"] == "device"]
+    assert events == [("change", "dma_heap", f"/dev/dma_heap/{h}") for h in heaps] + [
+        ("change", "misc", "/dev/udmabuf")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_watch_stops_cleanly_on_signals(signum):
+    w = Watch()
+    try:
+        w.proc.send_signal(signum)
+        status, lines, err = w.finish()
+    finally:
+        w.close()
+    assert status == 0 and err == ""
+    assert lines[-1]["event"] == "stop" and lines[-1]["reason"] == signal.Signals(signum).name
+
+
+@pytest.mark.kernel
+def test_watch_buffers_reports_what_changed(udmabuf):
+    from holders import Holder
+
+    w = Watch("--buffers", "--interval", "0.2")
+    try:
+        first = w.next()
+        assert first["event"] == "buffers"
+        before = first["exporters"].get("udmabuf", {"buffers": 0, "bytes": 0})
+        with Holder() as child:
+            with udmabuf.allocate(256 * 1024) as buf:
+                child.give(buf)
+            grown = w.until(lambda r: r["event"] == "buffers" and r["exporters"].get("udmabuf", {}).get(
+                "buffers", 0) > before["buffers"])
+            assert grown["exporters"]["udmabuf"]["delta_buffers"] == 1
+            assert grown["exporters"]["udmabuf"]["delta_bytes"] == 256 * 1024
+            assert grown["exporters"]["udmabuf"]["bytes"] == before["bytes"] + 256 * 1024
+        shrunk = w.until(lambda r: r["event"] == "buffers"
+                         and r["exporters"].get("udmabuf", {}).get("delta_buffers") == -1)
+        assert shrunk["exporters"]["udmabuf"]["bytes"] == before["bytes"]
+        w.proc.send_signal(signal.SIGTERM)
+        status, lines, err = w.finish()
+        assert status == 0, err
+    finally:
+        w.close()
+
+
+@pytest.mark.unprivileged
+def test_watch_runs_unprivileged():
+    if os.geteuid() == 0:
+        pytest.skip("runs as an unprivileged user (tools/run-tests runs it as nobody)")
+    run = _watch_run("--json", "--buffers", "--timeout", "1")
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["event"] for r in lines][:2] == ["start", "buffers"] and lines[-1]["event"] == "stop"
