@@ -1,6 +1,7 @@
 """sync_file: an explicit fence as a file descriptor (drivers/dma-buf/sync_file.c)."""
 import enum
 import errno
+import os
 import select
 from dataclasses import dataclass
 
@@ -178,22 +179,45 @@ class SyncFile(FdObject):
 
 
 async def wait_readable_async(fd: int, timeout: float | None, writable: bool = False) -> bool:
-    """Await POLLIN (or POLLOUT) on `fd` through the running loop's selector."""
+    """Await POLLIN (or POLLOUT) on `fd` through the running loop's selector, with no thread.
+
+    A zero-timeout poll(2) first: a signaled fence or idle buffer returns True
+    at once, also with timeout=0. Otherwise the loop watches a private dup of
+    `fd`, so that concurrent waits on one object do not replace each other's
+    selector registration, and closing the object meanwhile cannot leave the
+    loop watching a reused fd number. The watch ends, and the dup is closed,
+    on return, on timeout and on cancellation.
+    """
+    events = select.POLLOUT if writable else select.POLLIN
+    if poll_fd(fd, events, 0):
+        return True
+    if timeout == 0:
+        return False
     import asyncio  # here, not at the top: it costs ~15 ms of `import linuxdmabuf`
 
     loop = asyncio.get_running_loop()
-    future = loop.create_future()
     add, remove = (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
-    add(fd, lambda: future.done() or future.set_result(True))
+    future = loop.create_future()
+    watched = os.dup(fd)
+
+    def ready() -> None:
+        remove(watched)  # level-triggered: stop the loop calling back until the task resumes
+        if not future.done():
+            future.set_result(True)
+
     try:
-        if timeout is None:
-            return await future
+        add(watched, ready)
         try:
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            return False
+            if timeout is None:
+                return await future
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                return False
+        finally:
+            remove(watched)
     finally:
-        remove(fd)
+        os.close(watched)
 
 
 def check_sync_file(sync_file) -> int:
