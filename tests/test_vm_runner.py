@@ -1,0 +1,300 @@
+"""The VM runner (linuxdmabuf/vm): every misuse and failure gives one clear message and a non-zero exit.
+
+Host-side tests. Most need no VM. Those that boot one are marked `slow` and
+bounded twice: by the runner's own time-outs and by the subprocess time-out
+here (VM_LIMIT). Downloads are only ever pointed at closed or listening ports
+on 127.0.0.1.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from linuxdmabuf import vm
+from linuxdmabuf.vm import kernels
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VM_LIMIT = 300  # seconds: no test here may take longer, whatever happens in the VM
+
+in_vm = pytest.mark.skipif(bool(os.environ.get("LINUXDMABUF_IN_VM")), reason="host-side test (it boots VMs)")
+
+
+def linuxdmabuf_vm(*args, env=None, timeout=60):
+    """`python -m linuxdmabuf vm ARGS` as a user runs it: (exit status, stdout, stderr)."""
+    done = subprocess.run([sys.executable, "-m", "linuxdmabuf", "vm", *args], capture_output=True, text=True,
+                          cwd=TOP, timeout=timeout, env=dict(os.environ, **(env or {})))
+    return done.returncode, done.stdout, done.stderr
+
+
+def can_boot():
+    missing = [p for p in ("qemu-system-x86_64", "busybox") if not shutil.which(p)]
+    if not shutil.which("vng") and not shutil.which("vng", path=os.path.dirname(sys.executable)):
+        missing.append("vng")
+    try:
+        kernels.resolve("full", fetch=False)
+    except kernels.KernelError as e:
+        missing.append(str(e))
+    return missing
+
+
+def boots_vm(test):
+    """Marks a test that boots a VM: slow, host-only, skipped where no VM can boot."""
+    missing = can_boot()
+    test = pytest.mark.skipif(bool(missing), reason=f"cannot boot a VM here: {', '.join(missing)}")(test)
+    return pytest.mark.slow(in_vm(test))
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- bad input found before any VM is booted ------------------------------------------
+
+
+@pytest.mark.parametrize("args, status, message", [
+    (["--kernel", "fulll", "--", "true"], 125, "unknown kernel spec 'fulll' (did you mean full?)"),
+    (["--kernel", "debian-9.9", "--", "true"], 125, "use one of full, debian-7.2, debian-6.12 or a path"),
+    (["--kernel", "", "--", "true"], 125, "no kernel spec given"),
+    (["--kernel", "./README.md", "--", "true"], 125, "is not a Linux kernel image"),
+    (["--kernel", "/nonexistent/bzImage", "--", "true"], 125, "kernel image /nonexistent/bzImage does not exist"),
+    (["--kernel", "tools/", "--", "true"], 125, "is not a file"),
+    (["--memory", "lots", "--", "true"], 125, "guest memory 'lots' is not a size such as 512M or 2G"),
+    (["--memory", "16M", "--", "true"], 125, "the guest needs at least 128M"),
+    (["--cpus", "0", "--", "true"], 125, "a whole number of CPUs >= 1, not 0"),
+    (["--cpus", "two", "--", "true"], 2, "invalid int value: 'two'"),
+    (["--timeout", "0", "--", "true"], 2, "--timeout must be a positive number of seconds"),
+    (["--boot-timeout", "-1", "--", "true"], 2, "--boot-timeout must be a positive number of seconds"),
+    (["--user", "no-such-user-here", "--", "true"], 125, "no user 'no-such-user-here' on this machine"),
+    (["--rwdir", "/nonexistent", "--", "true"], 125, "--rwdir /nonexistent is not a directory"),
+    ([], 2, "no command given"),
+    (["--fetch", "--kernel", "full", "--", "true"], 2, "--fetch takes no command"),
+])
+def test_bad_arguments_fail_before_booting(args, status, message):
+    code, out, err = linuxdmabuf_vm(*args)
+    assert code == status, err
+    assert message in err
+    assert "booted" not in err and out == ""
+
+
+@pytest.mark.parametrize("program, fix", [
+    ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
+    ("vng", "pip install 'linuxdmabuf[vm]'"),
+    ("busybox", "apt-get install busybox-static"),
+])
+def test_missing_program_is_named_with_its_fix(monkeypatch, capsys, program, fix):
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == program else real_which(name, *a, **k))
+    assert vm.main(["--", "true"]) == vm.EXIT_RUNNER
+    err = capsys.readouterr().err
+    assert f"{program} not found" in err and fix in err
+
+
+def test_full_kernel_that_cannot_be_had_says_how_to_get_one(monkeypatch, tmp_path, capsys):
+    """No prebuilt full kernel (a user's machine), nothing cached, no network: a message, nothing cached."""
+    monkeypatch.setenv("LINUXDMABUF_CACHE", str(tmp_path))
+    monkeypatch.setenv("LINUXDMABUF_DEBIAN_MIRROR", f"http://127.0.0.1:{closed_port()}/debian")
+    monkeypatch.delenv("LINUXDMABUF_FULL_KERNEL", raising=False)
+    monkeypatch.setattr(kernels, "_prebuilt_full", lambda: None)
+    with pytest.raises(kernels.KernelError, match="LINUXDMABUF_FULL_KERNEL"):
+        kernels.resolve("full", fetch=False)
+    assert vm.main(["--fetch", "--kernel", "full"]) == vm.EXIT_RUNNER
+    err = capsys.readouterr().err
+    # Either the build tools are missing, or the source download fails: both say what to do.
+    assert "apt-get install" in err or "apt-get update of Debian unstable from http://127.0.0.1" in err, err
+    assert not list(tmp_path.rglob("kernel.json")) and not list(tmp_path.rglob(".partial-*"))
+
+
+def test_bad_full_kernel_variable_is_reported(monkeypatch, tmp_path):
+    monkeypatch.setenv("LINUXDMABUF_FULL_KERNEL", str(tmp_path / "nothing"))
+    with pytest.raises(kernels.KernelError, match="LINUXDMABUF_FULL_KERNEL's image .* does not exist"):
+        kernels.resolve("full")
+    (tmp_path / "text").write_text("not a kernel\n")
+    monkeypatch.setenv("LINUXDMABUF_FULL_KERNEL", str(tmp_path / "text"))
+    with pytest.raises(kernels.KernelError, match="not a Linux kernel image"):
+        kernels.resolve("full")
+
+
+def test_kernel_image_check_accepts_a_bzimage():
+    try:
+        image = kernels.resolve("full", fetch=False).image
+    except kernels.KernelError as e:
+        pytest.skip(str(e))
+    assert kernels.check_image(image) == image
+
+
+# -- the kernel cache: complete or absent, and no network once cached ----------------------
+
+
+def test_unreachable_mirror_leaves_nothing_in_the_cache(monkeypatch, tmp_path):
+    code, out, err = linuxdmabuf_vm("--fetch", "--kernel", "debian-7.2",
+                                    env={"LINUXDMABUF_CACHE": str(tmp_path),
+                                         "LINUXDMABUF_DEBIAN_MIRROR": f"http://127.0.0.1:{closed_port()}/debian"})
+    assert code == vm.EXIT_RUNNER
+    assert "apt-get update of Debian unstable from http://127.0.0.1" in err and "failed" in err
+    assert "Could not connect" in err or "Connection refused" in err, err
+    assert not list(tmp_path.rglob("kernel.json")) and not list(tmp_path.rglob(".partial-*"))
+    monkeypatch.setenv("LINUXDMABUF_CACHE", str(tmp_path))
+    with pytest.raises(kernels.KernelError, match="not cached"):
+        kernels.resolve("debian-7.2", fetch=False)
+
+
+class FakeApt:
+    """Stands in for the Debian archive: `download` writes what `debs` says, or raises."""
+
+    debs = {}
+    raises = None
+
+    def __init__(self, suite, workdir):
+        self.mirror, self.suite = "http://127.0.0.1:9/debian", suite
+        os.makedirs(workdir)
+
+    def newest(self, pattern):
+        return "linux-binary-7.2.13+deb14-amd64" if "binary" in pattern else None
+
+    def download(self, packages, into):
+        for name, data in self.debs.items():
+            with open(os.path.join(into, name), "wb") as f:
+                f.write(data)
+        if self.raises:
+            raise self.raises
+
+
+@pytest.mark.parametrize("debs, raises, error", [
+    ({"linux-binary.deb": b"!<arch>\ndebian-binary   truncated"}, None, kernels.KernelError),
+    ({"linux-binary.deb": b"half a download"}, KeyboardInterrupt(), KeyboardInterrupt),
+    ({}, kernels.KernelError("apt-get download failed (exit 100): E: connection reset"), kernels.KernelError),
+])
+def test_fetch_failing_half_way_leaves_nothing(monkeypatch, tmp_path, debs, raises, error):
+    monkeypatch.setenv("LINUXDMABUF_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_Apt", type("Apt", (FakeApt,), {"debs": debs, "raises": raises}))
+    with pytest.raises(error):
+        kernels.resolve("debian-7.2", log=lambda message: None)
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert leftovers == []
+    assert kernels._cached("debian-7.2") is None
+
+
+def test_partial_entry_of_a_killed_fetch_is_not_used_and_is_cleaned(monkeypatch, tmp_path):
+    monkeypatch.setenv("LINUXDMABUF_CACHE", str(tmp_path))
+    partial = tmp_path / "kernels" / "debian-7.2" / ".partial-killed"
+    partial.mkdir(parents=True)
+    (partial / "vmlinuz").write_bytes(b"half")
+    (partial / "kernel.json").write_text(json.dumps({"spec": "debian-7.2", "version": "7.2.1", "image": "vmlinuz"}))
+    with pytest.raises(kernels.KernelError, match="not cached"):
+        kernels.resolve("debian-7.2", fetch=False)
+    monkeypatch.setattr(kernels, "_Apt", type("Apt", (FakeApt,), {"raises": kernels.KernelError("offline")}))
+    with pytest.raises(kernels.KernelError, match="offline"):
+        kernels.resolve("debian-7.2", log=lambda message: None)
+    assert not partial.exists()
+
+
+def test_corrupt_cache_entry_is_ignored(monkeypatch, tmp_path):
+    monkeypatch.setenv("LINUXDMABUF_CACHE", str(tmp_path))
+    entry = tmp_path / "kernels" / "debian-7.2" / "7.2.1"
+    entry.mkdir(parents=True)
+    (entry / "kernel.json").write_text("{trunc")
+    with pytest.raises(kernels.KernelError, match="not cached"):
+        kernels.resolve("debian-7.2", fetch=False)
+
+
+@pytest.fixture
+def listening_mirror():
+    """A mirror URL on 127.0.0.1 whose socket listens but never answers: yields (url, connected())."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.setblocking(False)
+
+        def connected() -> bool:
+            try:
+                server.accept()[0].close()
+                return True
+            except BlockingIOError:
+                return False
+
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/debian", connected
+
+
+def test_second_resolve_of_a_cached_spec_touches_no_network(tmp_path, listening_mirror):
+    url, connected = listening_mirror
+    entry = tmp_path / "kernels" / "debian-7.2" / "7.2.13+deb14-amd64"
+    entry.mkdir(parents=True)
+    (entry / "vmlinuz").write_bytes(b"cached")
+    (entry / "kernel.json").write_text(json.dumps({"spec": "debian-7.2", "version": "7.2.13+deb14-amd64",
+                                                   "image": "vmlinuz"}))
+    code, out, err = linuxdmabuf_vm("--fetch", "--kernel", "debian-7.2",
+                                    env={"LINUXDMABUF_CACHE": str(tmp_path), "LINUXDMABUF_DEBIAN_MIRROR": url})
+    assert code == 0, err
+    assert out == f"debian-7.2: {entry / 'vmlinuz'}\n"
+    assert not connected()
+
+
+def test_this_machines_cached_kernels_resolve_offline(listening_mirror):
+    url, connected = listening_mirror
+    specs = []
+    for spec in kernels.DEBIAN:
+        try:
+            kernels.resolve(spec, fetch=False)
+            specs.append(spec)
+        except kernels.KernelError:
+            pass
+    if not specs:
+        pytest.skip("no Debian kernel cached here")
+    code, out, err = linuxdmabuf_vm("--fetch", "--kernel", ",".join(specs), env={"LINUXDMABUF_DEBIAN_MIRROR": url})
+    assert code == 0, err
+    assert not connected() and "fetching" not in err
+
+
+# -- failures inside the VM -----------------------------------------------------------------
+
+
+@boots_vm
+def test_status_and_streams_come_back_from_the_guest():
+    code, out, err = linuxdmabuf_vm("--", "sh", "-c", 'echo "out $LINUXDMABUF_IN_VM $LINUXDMABUF_VM_KERNEL"; '
+                                    "echo err >&2; exit 3", timeout=VM_LIMIT)
+    assert code == 3, err
+    assert out == "out 1 full\n"
+    assert "err\n" in err and "linuxdmabuf vm: full kernel" in err and "booted in" in err
+
+
+@boots_vm
+def test_command_not_found_in_the_vm():
+    code, out, err = linuxdmabuf_vm("--", "no-such-command-in-the-vm", "--flag", timeout=VM_LIMIT)
+    assert code == vm.EXIT_NOT_FOUND
+    assert "command not found in the VM: no-such-command-in-the-vm" in err
+
+
+@boots_vm
+def test_command_killed_by_the_guests_oom_killer():
+    hog = "chunks = []\nwhile True: chunks.append(b'x' * (32 << 20))"
+    code, out, err = linuxdmabuf_vm("--memory", "384M", "--", sys.executable, "-c", hog, timeout=VM_LIMIT)
+    assert code == 128 + 9
+    assert "killed by the guest's OOM killer" in err and "Killed process" in err
+    assert "the VM has 384M of memory, give it more" in err
+
+
+@boots_vm
+def test_kernel_that_panics_at_boot_is_tried_twice_then_reported():
+    # rootfstype=ext4 overrides virtme-ng's 9p root: no root filesystem, panic.
+    code, out, err = linuxdmabuf_vm("--append", "rootfstype=ext4", "--", "true", timeout=VM_LIMIT)
+    assert code == vm.EXIT_RUNNER
+    assert err.count("the VM stopped before the command finished") == 2
+    assert "booting again" in err
+    assert "Kernel panic - not syncing: VFS: Unable to mount root fs" in err.splitlines()[0]
+    assert "last console lines:" in err
+
+
+@boots_vm
+def test_kernel_that_hangs_at_boot_times_out_with_the_console_tail():
+    # The same panic, but panic=0 makes the kernel wait forever instead of rebooting.
+    code, out, err = linuxdmabuf_vm("--append", "rootfstype=ext4 panic=0", "--boot-timeout", "20", "--", "true",
+                                    timeout=VM_LIMIT)
+    assert code == vm.EXIT_TIMEOUT
+    assert err.count("the VM did not start the command within 20 s") == 2
+    assert "last console lines:\n[" in err
