@@ -1,0 +1,163 @@
+/* The C reference for tools/bench: the same syscalls as each benchmarked
+ * operation, timed in a loop. Compiled on the spot by tools/bench (cc -O2).
+ *
+ *   bench OP ITERATIONS     prints the mean nanoseconds per operation
+ *
+ * Needs /dev/dma_heap/system and /dev/udmabuf (and nothing else).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/dma-buf.h>
+#include <linux/dma-heap.h>
+#include <linux/sync_file.h>
+#include <linux/udmabuf.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+static void die(const char *what)
+{
+	perror(what);
+	exit(1);
+}
+
+static long long now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int heap_alloc(int heap, size_t len)
+{
+	struct dma_heap_allocation_data data = { .len = len, .fd_flags = O_RDWR | O_CLOEXEC };
+	if (ioctl(heap, DMA_HEAP_IOCTL_ALLOC, &data) < 0)
+		die("DMA_HEAP_IOCTL_ALLOC");
+	return data.fd;
+}
+
+static void sync_pair(int buf)
+{
+	struct dma_buf_sync start = { .flags = DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW };
+	struct dma_buf_sync end = { .flags = DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW };
+	if (ioctl(buf, DMA_BUF_IOCTL_SYNC, &start) < 0 || ioctl(buf, DMA_BUF_IOCTL_SYNC, &end) < 0)
+		die("DMA_BUF_IOCTL_SYNC");
+}
+
+static void sync_write(int buf, unsigned long long when)
+{
+	struct dma_buf_sync arg = { .flags = when | DMA_BUF_SYNC_WRITE };
+	if (ioctl(buf, DMA_BUF_IOCTL_SYNC, &arg) < 0)
+		die("DMA_BUF_IOCTL_SYNC");
+}
+
+static int export_sync_file(int buf)
+{
+	struct dma_buf_export_sync_file arg = { .flags = DMA_BUF_SYNC_READ };
+	if (ioctl(buf, DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &arg) < 0)
+		die("DMA_BUF_IOCTL_EXPORT_SYNC_FILE");
+	return arg.fd;
+}
+
+/* SYNC_IOC_FILE_INFO both passes: the count, then each fence's details. */
+static void file_info(int fence)
+{
+	struct sync_file_info info = { 0 };
+	struct sync_fence_info fences[4];
+	if (ioctl(fence, SYNC_IOC_FILE_INFO, &info) < 0)
+		die("SYNC_IOC_FILE_INFO");
+	memset(&info, 0, sizeof(info));
+	info.num_fences = 1;
+	info.sync_fence_info = (unsigned long)fences;
+	if (ioctl(fence, SYNC_IOC_FILE_INFO, &info) < 0)
+		die("SYNC_IOC_FILE_INFO");
+}
+
+static int wait_fd(int fd, short events, int timeout)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+	return poll(&p, 1, timeout);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 3) {
+		fprintf(stderr, "usage: %s OP ITERATIONS\n", argv[0]);
+		return 2;
+	}
+	const char *op = argv[1];
+	long n = atol(argv[2]);
+	int heap = open("/dev/dma_heap/system", O_RDONLY | O_CLOEXEC);
+	int udmabuf = open("/dev/udmabuf", O_RDONLY | O_CLOEXEC);
+	if (heap < 0 || udmabuf < 0)
+		die("open");
+	size_t big = 64 << 20;
+	int buf = heap_alloc(heap, strcmp(op, "fill_memset") && strcmp(op, "fill_memcpy") ? 4096 : big);
+	int bufs_big = buf;
+	int fence_a = export_sync_file(buf), fence_b = export_sync_file(buf);
+	char *map = NULL, *src = NULL;
+	if (!strncmp(op, "fill_", 5)) {
+		map = mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_SHARED, buf, 0);
+		src = malloc(big);
+		if (map == MAP_FAILED || !src)
+			die("mmap");
+		memset(src, 0xab, big);
+		memset(map, 0, big);
+	}
+
+	long long start = now_ns();
+	for (long i = 0; i < n; i++) {
+		if (!strcmp(op, "sync_pair") || !strcmp(op, "cpu_access")) {
+			sync_pair(buf);
+		} else if (!strcmp(op, "heap_alloc_4k")) {
+			close(heap_alloc(heap, 4096));
+		} else if (!strcmp(op, "heap_alloc_1m")) {
+			close(heap_alloc(heap, 1 << 20));
+		} else if (!strcmp(op, "udmabuf_64k")) {
+			int memfd = memfd_create("bench", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+			if (memfd < 0 || ftruncate(memfd, 65536) < 0 ||
+			    fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
+				die("memfd");
+			struct udmabuf_create create = { .memfd = memfd, .flags = UDMABUF_FLAGS_CLOEXEC, .size = 65536 };
+			int fd = ioctl(udmabuf, UDMABUF_CREATE, &create);
+			if (fd < 0)
+				die("UDMABUF_CREATE");
+			close(memfd);
+			close(fd);
+		} else if (!strcmp(op, "export_info_wait")) {
+			int fence = export_sync_file(buf);
+			file_info(fence);
+			if (wait_fd(fence, POLLIN, 0) != 1)
+				die("poll");
+			close(fence);
+		} else if (!strcmp(op, "merge")) {
+			struct sync_merge_data data = { .name = "merged", .fd2 = fence_b };
+			if (ioctl(fence_a, SYNC_IOC_MERGE, &data) < 0)
+				die("SYNC_IOC_MERGE");
+			close(data.fence);
+		} else if (!strcmp(op, "wait_idle")) {
+			if (wait_fd(buf, POLLIN, -1) != 1)
+				die("poll");
+		} else if (!strcmp(op, "fill_memset")) {
+			sync_write(bufs_big, DMA_BUF_SYNC_START);
+			memset(map, 0xab, big);
+			sync_write(bufs_big, DMA_BUF_SYNC_END);
+		} else if (!strcmp(op, "fill_memcpy")) {
+			sync_write(bufs_big, DMA_BUF_SYNC_START);
+			memcpy(map, src, big);
+			sync_write(bufs_big, DMA_BUF_SYNC_END);
+		} else {
+			fprintf(stderr, "unknown op %s\n", op);
+			return 2;
+		}
+	}
+	long long elapsed = now_ns() - start;
+	printf("%.1f\n", (double)elapsed / n);
+	return 0;
+}
