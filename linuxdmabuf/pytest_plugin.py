@@ -85,8 +85,12 @@ def _devices() -> str:
     return "devices: " + (", ".join(found) or "none")
 
 
+def _where() -> str:
+    return f"(kernel {os.uname().release}, uid {os.getuid()})"
+
+
 def _reason(e: OSError) -> str:
-    return f"{e.strerror} (kernel {os.uname().release}, uid {os.getuid()})"
+    return f"{e.strerror} {_where()}"
 
 
 def _unavailable(what: str, name: str | None = None) -> str | None:
@@ -103,8 +107,8 @@ def _unavailable(what: str, name: str | None = None) -> str | None:
         else:
             heaps = linuxdmabuf.Heap.available()
             if not heaps:
-                return (f"no dma-heap: /dev/dma_heap is empty or missing (kernel {os.uname().release} "
-                        "without CONFIG_DMABUF_HEAPS_SYSTEM/_CMA)")
+                return ("no dma-heap: /dev/dma_heap is empty or missing -- this kernel has no dma-heaps "
+                        f"(CONFIG_DMABUF_HEAPS_SYSTEM/_CMA) {_where()}")
             first_error = None
             for heap in heaps:  # any one that opens will do
                 try:
@@ -169,9 +173,9 @@ def dma_heap_cma():
             from linuxdmabuf._sys import GRANT_ACCESS
 
             pytest.skip(f"no CMA dma-heap this user may open: {', '.join(denied)}: Permission denied -- "
-                        f"{GRANT_ACCESS} (kernel {os.uname().release}, uid {os.getuid()})")
-        pytest.skip(f"no CMA dma-heap (kernel {os.uname().release}: needs CONFIG_DMABUF_HEAPS_CMA and a CMA area, "
-                    "e.g. cma=64M on the kernel command line)")
+                        f"{GRANT_ACCESS} {_where()}")
+        pytest.skip("no CMA dma-heap -- this kernel has none: it needs CONFIG_DMABUF_HEAPS_CMA and a CMA area, "
+                    f"e.g. cma=64M on the kernel command line {_where()}")
     with Heap(names[0]) as heap:
         yield heap
 
