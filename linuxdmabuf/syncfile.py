@@ -134,14 +134,16 @@ class SyncFile(FdObject):
         """
         if not others:
             raise TypeError("merge() needs at least one other SyncFile (merge(self) merges a fence with itself)")
+        for other in others:  # every argument checked before the first merge is made
+            if not isinstance(other, SyncFile):
+                raise TypeError(f"can only merge SyncFile objects, not {type(other).__name__}")
+            other.fileno()
         data = ffi.new("struct sync_merge_data *")
         data.name = encode_name(name, "sync_file name")
         result = self
         for other in others:
-            if not isinstance(other, SyncFile):
-                raise TypeError(f"can only merge SyncFile objects, not {type(other).__name__}")
-            data.fd2 = other.fileno()
-            try:
+            try:  # an intermediate merge is closed whatever happens next
+                data.fd2 = other.fileno()
                 ioctl(result.fileno(), _uapi.SYNC_IOC_MERGE, data, "SYNC_IOC_MERGE",
                       {errno.ENOENT: "the other fd is not a sync_file"})
                 merged = SyncFile._wrap(data.fence)
