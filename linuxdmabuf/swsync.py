@@ -17,7 +17,7 @@ def debugfs_mount() -> str | None:
                 fields = line.split()
                 if len(fields) > 2 and fields[2] == "debugfs":
                     return fields[1].replace("\\040", " ")
-    except OSError:
+    except FileNotFoundError:  # no /proc; any other error (EMFILE...) is not "no debugfs"
         pass
     return None
 
