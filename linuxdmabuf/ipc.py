@@ -74,8 +74,10 @@ def recv(sock: socket.socket, *, maxfds: int = 16, bufsize: int = 4096, kinds=(D
     ever left open on an error: an fd of another kind closes every fd of
     the message and raises ValueError naming what it was; a message with
     more than `maxfds` fds (the kernel discards the ones that do not fit),
-    or a datagram longer than `bufsize`, raises OSError(EMSGSIZE). At the
-    end of a stream, returns ``(b"", [])`` like socket.recv.
+    or a datagram longer than `bufsize`, raises OSError(EMSGSIZE). On a
+    stream, data beyond `bufsize` stays queued for the next read (the fds
+    come with the first byte of their message). At the end of a stream,
+    returns ``(b"", [])`` like socket.recv.
     """
     _check_unix_socket(sock)
     for value, name in ((maxfds, "maxfds"), (bufsize, "bufsize")):

@@ -10,7 +10,9 @@ import textwrap
 
 import pytest
 
+import mp_workers
 from helpers import cloexec, open_fds
+import linuxdmabuf
 from linuxdmabuf import DmaBuf, Heap, SyncFile, ipc
 
 pytestmark = pytest.mark.usefixtures("dmabuf_leak_check")
@@ -210,6 +212,8 @@ def test_recv_refuses_bad_arguments(pair, kwargs, error):
 
 
 # -- from_pid (pidfd_getfd) --------------------------------------------------------
+# The tests using `holder` are marked kernel by hand: it is module-scoped, so it
+# cannot use the function-scoped dma_heap fixture that marks the others.
 
 HOLDER = """
     import sys
@@ -221,8 +225,14 @@ HOLDER = """
 """
 
 
-@pytest.fixture
-def holder(dma_heap):
+@pytest.fixture(scope="module")
+def holder():
+    """One child process holding a buffer and a fence, shared by the from_pid tests
+    (each Python start costs seconds under emulation)."""
+    try:
+        linuxdmabuf.allocate(4096).close()
+    except OSError as e:
+        pytest.skip(f"no dma-buf provider on kernel {os.uname().release}: {e.strerror}")
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
@@ -234,6 +244,7 @@ def holder(dma_heap):
         child.stdout.close()
 
 
+@pytest.mark.kernel
 def test_from_pid_takes_the_other_process_buffer_and_fence(holder):
     child, buf_fd, fence_fd, inode = holder
     with DmaBuf.from_pid(child.pid, buf_fd) as buf, SyncFile.from_pid(child.pid, fence_fd) as fence:
@@ -241,6 +252,7 @@ def test_from_pid_takes_the_other_process_buffer_and_fence(holder):
         assert cloexec(buf.fileno()) and cloexec(fence.fileno()) and fence.wait(0)
 
 
+@pytest.mark.kernel
 def test_from_pidfd(holder):
     child, buf_fd, _, inode = holder
     pidfd = os.pidfd_open(child.pid)
@@ -251,6 +263,7 @@ def test_from_pidfd(holder):
         os.close(pidfd)
 
 
+@pytest.mark.kernel
 def test_from_pid_of_the_wrong_kind_keeps_nothing(holder):
     child, buf_fd, fence_fd, _ = holder
     before = open_fds()
@@ -261,6 +274,7 @@ def test_from_pid_of_the_wrong_kind_keeps_nothing(holder):
     assert open_fds() == before
 
 
+@pytest.mark.kernel
 def test_from_pid_errors(holder):
     child, *_ = holder
     with pytest.raises(OSError, match="no such open fd") as info:
@@ -347,22 +361,24 @@ def test_yama_scope_1_refuses_a_non_ancestor_until_pr_set_ptracer(tmp_path):
 
 # -- multiprocessing ------------------------------------------------------------------
 
-def _write_and_return_fence(buf):
-    ipc.register_multiprocessing()  # this spawned process sends a SyncFile back
-    with buf:
-        assert cloexec(buf.fileno())
-        buf.write(buf.read(5).upper())
-        return buf.inode, buf.export_sync_file()
-
-
 def test_multiprocessing_spawn_pool_passes_objects_both_ways(buf):
     ipc.register_multiprocessing()
     buf.write(b"hello")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        inode, fence = pool.apply(_write_and_return_fence, (buf,))
+        inode, fence = pool.apply(mp_workers.write_and_return_fence, (buf,))
     with fence:
         assert isinstance(fence, SyncFile) and cloexec(fence.fileno()) and fence.wait(0)
     assert inode == buf.inode and buf.read(5) == b"HELLO"
+
+
+def test_multiprocessing_spawn_process_argument(buf):
+    ipc.register_multiprocessing()
+    buf.write(b"spawn")
+    process = multiprocessing.get_context("spawn").Process(target=mp_workers.upper_in_place, args=(buf,))
+    process.start()
+    process.join(120)
+    assert process.exitcode == 0
+    assert buf.read(5) == b"SPAWN"
 
 
 def test_multiprocessing_pipe_in_one_process(buf):
