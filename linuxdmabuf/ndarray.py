@@ -239,6 +239,12 @@ def array(source, dtype="u1", shape=None, *, offset: int = 0, strides=None):
         raise ValueError(f"offset {offset} is past the end of the {size}-byte buffer")
     if shape is None:
         shape = ((size - offset) // dtype.itemsize,)
+    elif strides is None:
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        need = offset + math.prod(dims) * dtype.itemsize
+        if need > size:
+            raise ValueError(f"an array of shape {dims} of {dtype} at offset {offset} needs {need} bytes; "
+                             f"the buffer has {size}")
     return np.ndarray(shape, dtype, buffer=mapping, offset=offset, strides=strides)
 
 

@@ -102,6 +102,9 @@ def test_too_small_buffer_is_a_value_error():
             ndarray.plane(m, 4, 4, pitch=8, components=4)
         with pytest.raises(ValueError, match="past the end"):
             ndarray.array(m, offset=8192)
+        with pytest.raises(ValueError, match=r"shape \(2, 1024\) of uint32 at offset 4 needs 8196 bytes"):
+            ndarray.array(m, "<u4", (2, 1024), offset=4)
+        assert ndarray.array(m, "<u4", 1024).shape == (1024,)
 
 
 def test_array_refuses_what_is_not_a_buffer():
