@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -177,19 +176,31 @@ def test_bad_arguments(capsys):
 KIB = 1024
 
 
-@pytest.fixture
-def scenario(dma_heap, udmabuf):
+def needs_devices(test):
+    """Marks a test on the shared scenario kernel-level (the plugin's markers skip with the reason elsewhere)."""
+    return pytest.mark.requires_udmabuf(pytest.mark.requires_dma_heap(name="system")(test))
+
+
+@pytest.fixture(scope="module")
+def scenario():
     """Three children holding six buffers in every way dump must see, the parent holding none.
 
     h1 16 KiB system, fd in A and in B (shared by fd passing); h2 8 KiB system, two fds in A;
     h3 12 KiB system, only mapped in B; u1 20 KiB udmabuf, fd in A and mapped only in C;
     u2 64 KiB udmabuf, only mapped in C; u3 4 KiB udmabuf, fd and mapping in C.
+    Shared by the tests of this module, which only read it.
     """
+    import linuxdmabuf
+
+    try:
+        heap, udmabuf = linuxdmabuf.Heap("system"), linuxdmabuf.Udmabuf()
+    except OSError as e:
+        pytest.skip(f"{e.strerror} (kernel {os.uname().release})")
     a, b, c = Holder(), Holder(), Holder()
     bufs = {}
     try:
-        for key, device, size, name in (("h1", dma_heap, 16, "shared-heap"), ("h2", dma_heap, 8, ""),
-                                        ("h3", dma_heap, 12, "mapped-only"), ("u1", udmabuf, 20, "shared-udmabuf"),
+        for key, device, size, name in (("h1", heap, 16, "shared-heap"), ("h2", heap, 8, ""),
+                                        ("h3", heap, 12, "mapped-only"), ("u1", udmabuf, 20, "shared-udmabuf"),
                                         ("u2", udmabuf, 64, ""), ("u3", udmabuf, 4, "fd+map")):
             bufs[key] = device.allocate(size * KIB)
             if name:
@@ -209,11 +220,20 @@ def scenario(dma_heap, udmabuf):
             buf.close()
         for child in (a, b, c):
             child.close()
+        heap.close()
+        udmabuf.close()
 
 
 def _dump(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "linuxdmabuf", "dump", *args], capture_output=True, text=True,
                           timeout=120)
+
+
+def _dump_here(capsys, *args) -> tuple:
+    """dump's main() in this process: (exit status, stdout)."""
+    capsys.readouterr()
+    status = dump.main(list(args))
+    return status, capsys.readouterr().out
 
 
 def _expected(children, inodes):
@@ -229,10 +249,11 @@ def _expected(children, inodes):
     }
 
 
+@needs_devices
 def test_dump_json_reports_each_buffer_once_with_sharers_and_exact_totals(scenario):
     children, inodes = scenario
     pids = [children[k].pid for k in "ABC"]
-    run = _dump("--json", *(f"--pid={pid}" for pid in pids))
+    run = _dump("--json", *(f"--pid={pid}" for pid in pids))  # the console command, end to end
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
     expected = _expected(children, inodes)
@@ -256,11 +277,12 @@ def test_dump_json_reports_each_buffer_once_with_sharers_and_exact_totals(scenar
     assert doc["uninspectable_processes"] == 0  # root
 
 
-def test_dump_whole_system_includes_the_scenario(scenario):
+@needs_devices
+def test_dump_whole_system_includes_the_scenario(scenario, capsys):
     children, inodes = scenario
-    run = _dump("--json")
-    assert run.returncode == 0, run.stderr
-    doc = json.loads(run.stdout)
+    status, out = _dump_here(capsys, "--json")
+    assert status == 0
+    doc = json.loads(out)
     seen = {b["inode"]: b for b in doc["buffers"]}
     assert set(inodes.values()) <= set(seen)
     assert doc["totals"]["buffers"] == len(doc["buffers"]) >= 6
@@ -268,23 +290,25 @@ def test_dump_whole_system_includes_the_scenario(scenario):
     assert sum(e["buffers"] for e in doc["exporters"].values()) == doc["totals"]["buffers"]
 
 
-def test_dump_text_and_csv(scenario):
+@needs_devices
+def test_dump_text_and_csv(scenario, capsys):
     children, inodes = scenario
     pids = [str(children[k].pid) for k in "ABC"]
-    run = _dump("--pid", pids[2])
-    assert run.returncode == 0, run.stderr
-    assert f"PID {pids[2]} python" in run.stdout and "By exporter:" in run.stdout
-    assert f"{inodes['u1']}" in run.stdout and "shared-udmabuf" in run.stdout
-    assert f"{pids[0]} python" in run.stdout  # the other sharer of u1 is named in its buffer row
-    run = _dump("--csv", "--pid", pids[0], "--pid", pids[1], "--pid", pids[2])
-    assert run.returncode == 0, run.stderr
-    rows = list(csv.DictReader(io.StringIO(run.stdout)))
+    status, out = _dump_here(capsys, "--pid", pids[2])
+    assert status == 0
+    assert f"PID {pids[2]} python" in out and "By exporter:" in out
+    assert f"{inodes['u1']}" in out and "shared-udmabuf" in out
+    assert f"{pids[0]} python" in out  # the other sharer of u1 is named in its buffer row
+    status, out = _dump_here(capsys, "--csv", "--pid", pids[0], "--pid", pids[1], "--pid", pids[2])
+    assert status == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 8  # one per (process, buffer): h1 twice, h2, h3, u1 twice, u2, u3
     assert {(r["pid"], r["inode"]) for r in rows if r["mappings"] == "1"} == {
         (pids[1], str(inodes["h3"])), (pids[2], str(inodes["u1"])), (pids[2], str(inodes["u2"])),
         (pids[2], str(inodes["u3"]))}
 
 
+@needs_devices
 def test_debugfs_bufinfo_agrees_with_procfs(scenario):
     """The same buffers through the other door: debugfs (root, full kernel) lists them with the same sizes."""
     from linuxdmabuf.swsync import debugfs_mount
@@ -400,42 +424,40 @@ def test_fd_closed_or_reused_mid_scan_is_skipped(dma_heap, udmabuf, monkeypatch)
 
 
 def test_dump_survives_churn(dma_heap, udmabuf):
-    """Processes allocating, sharing, mapping and exiting as fast as they can while dump runs."""
-    stop = threading.Event()
-    errors = []
+    """Processes mapping, closing and exiting at random moments while dump reads them: every scan completes
+    and counts each buffer once."""
+    import random
 
-    def churn():
+    rng = random.Random(4)
+    for _ in range(4):
+        bufs = [dma_heap.allocate(4 * KIB) for _ in range(3)] + [udmabuf.allocate(4 * KIB) for _ in range(3)]
+        maps = [buf.map() for buf in bufs[:2]]
+        children = []
         try:
-            while not stop.is_set():
-                with Holder() as one, Holder() as two:
-                    for i in range(4):
-                        with dma_heap.allocate(4 * KIB) as h, udmabuf.allocate(4 * KIB) as u:
-                            one.give(h, "map" if i % 2 else "keep")
-                            two.give(h)
-                            two.give(u, "keep+map")
-                    if stop.is_set():
-                        break
-                    one.kill()
-        except Exception as e:  # noqa: BLE001 -- reported by the test
-            errors.append(e)
-
-    threads = [threading.Thread(target=churn) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        deadline = time.monotonic() + 8
-        runs = 0
-        while time.monotonic() < deadline or runs < 3:
-            run = _dump("--json")
-            assert run.returncode == 0, run.stderr
-            doc = json.loads(run.stdout)
-            assert doc["totals"]["buffers"] == len(doc["buffers"])
-            runs += 1
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert not errors, errors
+            for i in range(8):
+                pauses = (rng.uniform(0, 0.2), rng.uniform(0, 0.2))
+                pid = os.fork()
+                if pid == 0:  # the child: drop some of the inherited buffers, then exit, at random moments
+                    try:
+                        time.sleep(pauses[0])
+                        for buf in bufs[i % 3::3]:
+                            os.close(buf.fileno())
+                        time.sleep(pauses[1])
+                    finally:
+                        os._exit(0)
+                children.append(pid)
+            for buf in bufs:
+                buf.close()
+            for m in maps:
+                m.close()
+            doc = dump.report(dump.scan())
+            assert doc["totals"]["buffers"] == len(doc["buffers"]) == len({b["inode"] for b in doc["buffers"]})
+            assert doc["totals"]["bytes"] == sum(b["size"] or 0 for b in doc["buffers"])
+        finally:
+            for buf in bufs:
+                buf.close()
+            for pid in children:
+                os.waitpid(pid, 0)
 
 
 @pytest.mark.unprivileged

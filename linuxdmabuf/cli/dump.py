@@ -399,7 +399,9 @@ def _fds(fds: list) -> str:
     return ",".join(map(str, fds)) or "-"
 
 
-def print_text(doc: dict, out=sys.stdout) -> None:
+def print_text(doc: dict, out=None) -> None:
+    """The report for people (to `out`, default stdout)."""
+    out = out or sys.stdout
     totals = doc["totals"]
     say = lambda line="": print(line, file=out)
     say(f"dma-bufs on Linux {doc['kernel']}: {plural(totals['buffers'], 'buffer')}, {human(totals['bytes'])}, "
@@ -449,9 +451,9 @@ def print_text(doc: dict, out=sys.stdout) -> None:
 CSV_COLUMNS = ("pid", "process", "inode", "size", "exporter", "name", "fds", "mappings", "mapped_bytes", "refs")
 
 
-def print_csv(doc: dict, out=sys.stdout) -> None:
+def print_csv(doc: dict, out=None) -> None:
     """One row per (process, buffer); a buffer no visible process holds gets one row with an empty pid."""
-    writer = csv.writer(out)
+    writer = csv.writer(out or sys.stdout)
     writer.writerow(CSV_COLUMNS)
     for b in doc["buffers"]:
         common = (b["inode"], "" if b["size"] is None else b["size"], b["exporter"] or "", b["name"])

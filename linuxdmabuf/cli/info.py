@@ -10,6 +10,7 @@ Exit status 0 if this user can allocate a dma-buf from some provider, 1 if not.
 """
 import argparse
 import errno
+import functools
 import grp
 import gzip
 import json
@@ -61,6 +62,7 @@ def kernel_config() -> tuple:
     return {}, None
 
 
+@functools.lru_cache(maxsize=None)
 def _group_name(gid: int) -> str:
     try:
         return grp.getgrgid(gid).gr_name
@@ -68,6 +70,7 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
+@functools.lru_cache(maxsize=None)
 def _user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -305,7 +308,9 @@ def _yes(value) -> str:
     return "yes" if value else "no"
 
 
-def print_text(doc: dict, out=sys.stdout) -> None:
+def print_text(doc: dict, out=None) -> None:
+    """The report for people (to `out`, default stdout)."""
+    out = out or sys.stdout
     say = lambda line="": print(line, file=out)
     user = doc["user"]
     say(f"linuxdmabuf {doc['linuxdmabuf']} on Linux {doc['kernel']}, as {user['name']} (uid {user['uid']}; "

@@ -67,8 +67,8 @@ def _now() -> str:
 class Printer:
     """One line per event, text or JSON; flushed at once (watch is read through pipes)."""
 
-    def __init__(self, as_json: bool, out=sys.stdout):
-        self.as_json, self.out = as_json, out
+    def __init__(self, as_json: bool, out=None):
+        self.as_json, self.out = as_json, out or sys.stdout
 
     def emit(self, record: dict, text: str) -> None:
         record = {"time": _now(), **record}
