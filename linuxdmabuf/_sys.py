@@ -107,6 +107,9 @@ def fd_target(fd: int) -> str:
         raise os_error(errno.EBADF, f"fd {fd}") from None
 
 
+_FD_MAX = 2**31 - 1  # fds are C ints
+
+
 def check_fd(fd, allow_fileno: bool = True) -> int:
     """The fd number of an int (or, if allowed, of an object with fileno())."""
     if isinstance(fd, bool):
@@ -121,7 +124,7 @@ def check_fd(fd, allow_fileno: bool = True) -> int:
         fd = fileno()
         if not isinstance(fd, int) or isinstance(fd, bool):
             raise TypeError(f"fileno() returned {type(fd).__name__}, not int")
-    if fd < 0:
+    if not 0 <= fd <= _FD_MAX:
         raise ValueError(f"invalid file descriptor {fd}")
     return fd
 
