@@ -60,15 +60,20 @@ def ioctl_restart(fd: int, request: int, arg, what: str) -> None:
             raise os_error(err, what)
 
 
+_FOREVER = 2**53  # seconds: about 285 million years
+
+
 def check_timeout(timeout) -> float | None:
     """Validate a timeout in seconds: None or inf wait forever, 0 polls."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
+    if timeout > _FOREVER:
+        return None  # inf, and anything longer than any lifetime (an int too big for a float...): no limit
+    if timeout < 0 or math.isnan(timeout):
         raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
-    return None if math.isinf(timeout) else float(timeout)
+    return float(timeout)
 
 
 _MAX_POLL_MS = 2**31 - 1
