@@ -28,10 +28,10 @@ def _segment(memfd, offset, size) -> tuple:
     if size is None:
         size = os.fstat(memfd).st_size - offset
     size = _check_int(size, "size")
-    if offset < 0 or offset % PAGE_SIZE:
-        raise ValueError(f"offset {offset} must be a non-negative multiple of the page size ({PAGE_SIZE})")
-    if size <= 0 or size % PAGE_SIZE:
-        raise ValueError(f"size {size} must be a positive multiple of the page size ({PAGE_SIZE})")
+    if not 0 <= offset < 2**64 or offset % PAGE_SIZE:
+        raise ValueError(f"offset {offset} must be a non-negative multiple of the page size ({PAGE_SIZE}) below 2**64")
+    if not 0 < size < 2**64 or size % PAGE_SIZE:
+        raise ValueError(f"size {size} must be a positive multiple of the page size ({PAGE_SIZE}) below 2**64")
     return memfd, offset, size
 
 
@@ -134,6 +134,8 @@ class Udmabuf(FdObject):
         if size <= 0:
             raise ValueError(f"size must be positive, not {size}")
         page = _huge_page_size() if hugetlb else PAGE_SIZE
+        if size > 2**63 - page:  # the memfd's size is an off_t
+            raise ValueError(f"size must be at most 2**63 - {page}, not {size}")
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | (os.MFD_HUGETLB if hugetlb else 0)
         try:
             memfd = os.memfd_create("linuxdmabuf", flags)
