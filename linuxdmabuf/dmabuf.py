@@ -56,14 +56,22 @@ class DmaBufInfo:
 
 
 def parse_fdinfo(text: str) -> DmaBufInfo:
-    """Parse the text of a dma-buf's fdinfo (any process's)."""
+    """Parse the text of a dma-buf's fdinfo (any process's).
+
+    The kernel prints the name last, verbatim ("name:\t%s\n"), and a name may
+    hold any byte but NUL, newlines included: it is everything between
+    "name:\t" and the final newline, never parsed as fields.
+    """
+    head, sep, name = text.partition("\nname:\t")
+    if sep and name.endswith("\n"):
+        name = name[:-1]
     fields = {}
-    for line in text.splitlines():
+    for line in head.splitlines():
         key, sep, value = line.partition(":")
         if sep:
             fields[key] = value.strip(" \t")
     return DmaBufInfo(size=int(fields["size"]), count=int(fields["count"]), exp_name=fields["exp_name"],
-                      name=fields.get("name", ""), ino=int(fields["ino"]), flags=int(fields["flags"], 8),
+                      name=name, ino=int(fields["ino"]), flags=int(fields["flags"], 8),
                       pos=int(fields.get("pos", 0)), mnt_id=int(fields.get("mnt_id", 0)))
 
 
@@ -128,8 +136,8 @@ class DmaBuf(FdObject):
         return os.fstat(self.fileno()).st_ino
 
     def info(self) -> DmaBufInfo:
-        """This fd's /proc/self/fdinfo entry, parsed."""
-        with open(f"/proc/self/fdinfo/{self.fileno()}") as f:
+        """This fd's /proc/self/fdinfo entry, parsed (bytes that are not UTF-8 as surrogate escapes)."""
+        with open(f"/proc/self/fdinfo/{self.fileno()}", encoding="utf-8", errors="surrogateescape") as f:
             return parse_fdinfo(f.read())
 
     @property
@@ -142,7 +150,9 @@ class DmaBuf(FdObject):
         """The debug name (fdinfo), "" if none; assign to set it (DMA_BUF_SET_NAME).
 
         The kernel keeps at most 31 bytes; a longer name raises ValueError, as
-        the kernel's EINVAL would.
+        the kernel's EINVAL would. Any bytes but NUL may be set (str or bytes);
+        a name that is not UTF-8 reads back with surrogate escapes, like
+        os.fsdecode: ``buf.name.encode(errors="surrogateescape")`` gives its bytes.
         """
         return self.info().name
 
