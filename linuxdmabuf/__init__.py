@@ -29,6 +29,8 @@ def allocate(size: int, *, heap: str | None = None) -> DmaBuf:
     each failed (its errno is the last provider's).
     """
     if heap is not None:
+        if not isinstance(heap, str):  # Heap(int) would adopt, then close, that fd
+            raise TypeError(f"heap must be a heap name (str) or None, not {type(heap).__name__}")
         with Heap(heap) as h:
             return h.allocate(size)
     failures = []
