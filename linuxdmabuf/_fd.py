@@ -75,7 +75,7 @@ class FdObject:
         """
         if isinstance(pid, bool) or not isinstance(pid, int):
             raise TypeError(f"pid must be an int, not {type(pid).__name__}")
-        if pid <= 0:
+        if not 0 < pid <= 2**31 - 1:  # a pid_t
             raise ValueError(f"pid must be a positive process id, not {pid}")
         target = _check_target_fd(fd)
         try:
