@@ -1,0 +1,62 @@
+"""Fuzzing against the real kernel: every public callable, good and bad arguments, in a
+child process (tests/fuzz_driver.py), so that a crash of the interpreter fails the
+test instead of killing pytest.
+
+CI runs a few dozen hypothesis examples per callable; LINUXDMABUF_LONG=1 runs
+1,000. The child writes no hypothesis database.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+from reliability import scaled
+
+DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_driver.py")
+EXAMPLES = scaled(20, 1000)
+with open(DRIVER) as _f:
+    TARGETS = re.findall(r"^def fuzz_(\w+)\(", _f.read(), re.M)
+
+
+def run_driver(tmp_path, *args, timeout=3600):
+    """Run the driver; (its report or None, a description of how it ended)."""
+    out = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, DRIVER, "--out", str(out), *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=timeout)
+    if done.returncode < 0:
+        how = f"the fuzzer died of {signal.Signals(-done.returncode).name}"
+    else:
+        how = f"the fuzzer exited with status {done.returncode}"
+    how += f"; its stderr ends with:\n{done.stderr[-3000:]}"
+    if done.returncode != 0:
+        return None, how
+    with open(out) as f:
+        return json.load(f), how
+
+
+def test_the_harness_notices_a_crash(tmp_path):
+    report, how = run_driver(tmp_path, "--crash")
+    assert report is None and "SIGSEGV" in how and "Fatal Python error" in how
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    found, how = run_driver(tmp_path_factory.mktemp("fuzz"), "--examples", str(EXAMPLES))
+    assert found is not None, how
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.requires_dma_heap("system")
+@pytest.mark.requires_udmabuf
+@pytest.mark.parametrize("target", TARGETS)
+def test_fuzzed_callable_raises_only_documented_errors(report, target):
+    result = report[target]
+    if "skipped" in result:
+        pytest.skip(f"{target}: {result['skipped']} (kernel {os.uname().release})")
+    assert result["failure"] is None, f"{target}:\n{result['failure']}"
+    assert result["examples"] >= EXAMPLES // 2, result  # hypothesis ran (nearly) all it was asked for
+    print(f"{target}: {result['examples']} examples, outcomes {result['outcomes']}")
