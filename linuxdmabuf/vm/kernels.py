@@ -322,7 +322,8 @@ def build_full(log) -> Kernel:
     if missing:
         raise KernelError("no full kernel here, and building one needs: apt-get install "
                           + " ".join(sorted(set(missing))) + "; or set LINUXDMABUF_FULL_KERNEL to a kernel image "
-                          "built with linuxdmabuf/vm/dmabuf.config, or use a Debian kernel (--kernel debian-7.2)")
+                          "built with linuxdmabuf/vm/dmabuf.config, or use the spec debian-7.2 (Debian's stock kernel: "
+                          "no sw_sync, no CMA heap)")
     vng = shutil.which("vng") or shutil.which("vng", path=os.path.dirname(sys.executable))
     if not vng:
         raise KernelError("building the full kernel needs virtme-ng's vng on PATH: pip install virtme-ng")
