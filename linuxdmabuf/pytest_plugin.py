@@ -69,6 +69,16 @@ def pytest_report_header(config):
     """Inside the VM: which guest kernel ran the session, and what it offers."""
     if not os.environ.get("LINUXDMABUF_IN_VM"):
         return None
+    return _vm_line()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Inside the VM with the header hidden (-q, --no-header): the same line at the end."""
+    if os.environ.get("LINUXDMABUF_IN_VM") and (terminalreporter.verbosity < 0 or config.option.no_header):
+        terminalreporter.write_line(_vm_line())
+
+
+def _vm_line() -> str:
     spec = os.environ.get("LINUXDMABUF_VM_KERNEL", "?")
     return f"linuxdmabuf-vm: guest kernel {os.uname().release} ({spec}); {_devices()}"
 
@@ -278,8 +288,8 @@ def _inner_command(config) -> list:
 def pytest_cmdline_main(config):
     """With --linuxdmabuf-vm: run this same session inside the VM and exit with its status."""
     spec = config.getoption("linuxdmabuf_vm")
-    if spec is None or os.environ.get("LINUXDMABUF_IN_VM"):
-        return None
+    if spec is None or os.environ.get("LINUXDMABUF_IN_VM") or config.option.help or config.option.version:
+        return None  # not asked for, already inside, or pytest only prints its help or version
     from linuxdmabuf import vm
 
     # The guest sees this machine's files read-only; the rootdir stays

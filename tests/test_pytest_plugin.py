@@ -309,13 +309,21 @@ def test_option_typo_fails_before_any_vm(project, stub_vm):
     assert stub_vm == []
 
 
-def test_option_is_inert_inside_the_vm(project, monkeypatch):
+@pytest.mark.parametrize("quiet", [[], ["-q"], ["--no-header"]])
+def test_option_is_inert_inside_the_vm_whose_kernel_the_report_names(project, monkeypatch, quiet):
     monkeypatch.setenv("LINUXDMABUF_IN_VM", "1")
     monkeypatch.setenv("LINUXDMABUF_VM_KERNEL", "full")
     monkeypatch.setattr(vm, "run", lambda *a, **k: pytest.fail("booted a VM inside the VM"))
-    result = project.runpytest_inprocess("--linuxdmabuf-vm", "sub")
+    result = project.runpytest_inprocess("--linuxdmabuf-vm", "sub", *quiet)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"linuxdmabuf-vm: guest kernel {os.uname().release} (full); devices: *"])
+    line = f"linuxdmabuf-vm: guest kernel {os.uname().release} (full); devices: "
+    assert result.stdout.str().count(line) == 1
+
+
+def test_help_is_shown_here_not_in_a_vm(project, stub_vm):
+    result = project.runpytest_inprocess("--linuxdmabuf-vm", "--help")
+    assert result.ret == 0 and stub_vm == []
+    assert "real kernel buffers (linuxdmabuf)" in result.stdout.str() and "--linuxdmabuf-vm-memory" in result.stdout.str()
 
 
 def test_unknown_spec_is_reported_without_booting(project, monkeypatch):
