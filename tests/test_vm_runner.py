@@ -8,6 +8,7 @@ on 127.0.0.1.
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -298,3 +299,48 @@ def test_kernel_that_hangs_at_boot_times_out_with_the_console_tail():
     assert code == vm.EXIT_TIMEOUT
     assert err.count("the VM did not start the command within 20 s") == 2
     assert "last console lines:\n[" in err
+
+
+def children(pid: int) -> list:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def group(pgid: int) -> list:
+    return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _pgrp(pid) == pgid]
+
+
+def _pgrp(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@boots_vm
+@pytest.mark.parametrize("sig, status, message", [(signal.SIGTERM, 143, "stopped the VM on signal 15")])
+def test_terminating_the_runner_stops_the_vm(sig, status, message):
+    """What a CI system does to a cancelled job: the VM (vng, QEMU) must not outlive the runner."""
+    runner = subprocess.Popen([sys.executable, "-m", "linuxdmabuf", "vm", "--", "sh", "-c", "echo up; sleep 600"],
+                              cwd=TOP, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert runner.stdout.readline() == "up\n"  # the command runs in the guest
+        [vng] = children(runner.pid)
+        assert group(vng)  # vng, virtme-run, QEMU
+        runner.send_signal(sig)
+        assert runner.wait(timeout=30) == status
+        assert message in runner.stderr.read()
+        assert group(vng) == []
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()

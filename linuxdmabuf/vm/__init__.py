@@ -28,7 +28,7 @@ import time
 
 from .kernels import SPECS, Kernel, KernelError, cache_dir, resolve
 
-__all__ = ["run", "resolve", "Kernel", "KernelError", "VMError", "SPECS", "accelerator"]
+__all__ = ["run", "resolve", "Kernel", "KernelError", "VMError", "Terminated", "SPECS", "accelerator"]
 
 # Exit statuses of the runner itself, chosen like timeout(1) and env(1).
 EXIT_TIMEOUT = 124
@@ -41,6 +41,10 @@ MIN_MEMORY_MIB = 128
 _ENV_SKIP = {"PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY",
              "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT",
              "SSH_TTY", "TMUX", "TMUX_PANE", "COLUMNS", "LINES", "PYTEST_XDIST_WORKER"}
+
+
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP arrived while a VM ran: it was stopped. Exits with 128 + the signal's number."""
 
 
 class VMError(Exception):
@@ -124,6 +128,18 @@ def _oom_victim(console_text: str) -> str | None:
 
 
 @contextlib.contextmanager
+def _say_when_stopped(log):
+    try:
+        yield
+    except Terminated as e:
+        log(f"linuxdmabuf vm: stopped the VM on signal {e.code - 128}")
+        raise
+    except KeyboardInterrupt:
+        log("linuxdmabuf vm: interrupted: stopped the VM")
+        raise
+
+
+@contextlib.contextmanager
 def _terminate_as_exit():
     """While inside: SIGTERM and SIGHUP raise SystemExit, so that the VM is killed on the way out.
 
@@ -132,7 +148,7 @@ def _terminate_as_exit():
     previous = {}
     if threading.current_thread() is threading.main_thread():
         def leave(signum, frame):
-            raise SystemExit(128 + signum)
+            raise Terminated(128 + signum)
 
         for sig in (signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(sig) is signal.SIG_DFL:
@@ -298,7 +314,7 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
         for d in opened:
             if os.path.dirname(d) not in opened:  # the topmost closed directory gets a writable overlay
                 argv += ["--overlay-rwdir", d]
-        with _terminate_as_exit():
+        with _terminate_as_exit(), _say_when_stopped(log):
             for attempt in (1, 2):
                 try:
                     status = _boot(argv, outdir, stdout, stderr, timeout, boot_timeout, kernel.spec, accel, memory,
@@ -470,3 +486,5 @@ def main(argv=None) -> int:
     except VMError as e:
         print(f"linuxdmabuf vm: {e}", file=sys.stderr)
         return e.status
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
