@@ -300,6 +300,6 @@ def pytest_cmdline_main(config):
         return vm.run(_inner_command(config), kernel=spec, cwd=str(config.invocation_params.dir), rwdirs=rwdirs,
                       cpus=config.getoption("linuxdmabuf_vm_cpus"), memory=config.getoption("linuxdmabuf_vm_memory"),
                       timeout=config.getoption("linuxdmabuf_vm_timeout"))
-    except (vm.VMError, vm.KernelError) as e:
+    except (vm.VMError, vm.KernelError, OSError) as e:
         print(f"linuxdmabuf vm: {e}", file=sys.stderr, flush=True)
         return getattr(e, "status", vm.EXIT_RUNNER)

@@ -145,6 +145,13 @@ def test_unreachable_mirror_leaves_nothing_in_the_cache(monkeypatch, tmp_path):
         kernels.resolve("debian-7.2", fetch=False)
 
 
+def test_unwritable_cache_is_reported():
+    code, out, err = linuxdmabuf_vm("--fetch", "--kernel", "debian-7.2",
+                                    env={"LINUXDMABUF_CACHE": "/proc/linuxdmabuf-cache"})
+    assert code == vm.EXIT_RUNNER
+    assert "cannot write to the kernel cache /proc/linuxdmabuf-cache/kernels" in err and "Traceback" not in err
+
+
 class FakeApt:
     """Stands in for the Debian archive: `download` writes what `debs` says, or raises."""
 

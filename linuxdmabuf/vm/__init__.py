@@ -100,10 +100,13 @@ def accelerator(kernel: Kernel, qemu: str) -> str:
     except subprocess.TimeoutExpired:
         works = False
     accel = "kvm" if works else "tcg"
-    os.makedirs(os.path.dirname(record), exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(record), prefix=".kvm-probe-", delete=False) as f:
-        json.dump({"boot_id": boot_id, "qemu": qemu, "accel": accel}, f)
-    os.replace(f.name, record)  # whole or absent, for a concurrent reader
+    try:
+        os.makedirs(os.path.dirname(record), exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(record), prefix=".kvm-probe-", delete=False) as f:
+            json.dump({"boot_id": boot_id, "qemu": qemu, "accel": accel}, f)
+        os.replace(f.name, record)  # whole or absent, for a concurrent reader
+    except OSError:
+        pass  # not remembered: probed again next time
     return accel
 
 
@@ -480,7 +483,7 @@ def main(argv=None) -> int:
                 parser.error(f"--{name.replace('_', '-')} must be a positive number of seconds")
         return run(args.cmd, kernel=args.kernel, user=args.user, cpus=args.cpus, memory=args.memory,
                    timeout=args.timeout, boot_timeout=args.boot_timeout, rwdirs=args.rwdir, append=args.append)
-    except KernelError as e:
+    except (KernelError, OSError) as e:
         print(f"linuxdmabuf vm: {e}", file=sys.stderr)
         return EXIT_RUNNER
     except VMError as e:

@@ -83,8 +83,12 @@ def _cached(spec: str) -> Kernel | None:
 def _fetch_lock(spec: str):
     """Hold <cache>/kernels/<spec>.lock: one process at a time fetches or builds `spec`."""
     parent = os.path.join(cache_dir(), "kernels")
-    os.makedirs(parent, exist_ok=True)
-    fd = os.open(os.path.join(parent, f"{spec}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        fd = os.open(os.path.join(parent, f"{spec}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise KernelError(f"cannot write to the kernel cache {parent}: {e.strerror} "
+                          "(set LINUXDMABUF_CACHE to a writable directory)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
