@@ -84,22 +84,37 @@ def poll_fd(fd: int, events: int, timeout: float | None) -> bool:
 
     poll(2) with the GIL released. select.poll retries EINTR with the
     remaining time itself (PEP 475); waits longer than poll's int milliseconds
-    are made in chunks against one monotonic deadline.
+    are made in chunks against one monotonic deadline. A wait that blocks
+    polls a private dup of `fd` (O_CLOEXEC): poll(2) looks the number up again
+    each time it wakes, so closing the object in another thread, and the
+    number's reuse by another file, would otherwise redirect the wait; with
+    the dup it goes on on the file it began with (EMFILE if there is no fd
+    left for the dup).
     """
     p = select.poll()
     p.register(fd, events)
-    if timeout is None:
-        while not p.poll():
-            pass
+    if p.poll(0):
         return True
-    deadline = time.monotonic() + timeout
-    while True:
-        ms = min(math.ceil(timeout * 1000), _MAX_POLL_MS)
-        if p.poll(ms):
+    if timeout == 0:
+        return False
+    own = os.dup(fd)
+    try:
+        p = select.poll()
+        p.register(own, events)
+        if timeout is None:
+            while not p.poll():
+                pass
             return True
-        timeout = deadline - time.monotonic()
-        if timeout <= 0:
-            return False
+        deadline = time.monotonic() + timeout
+        while True:
+            ms = min(math.ceil(timeout * 1000), _MAX_POLL_MS)
+            if p.poll(ms):
+                return True
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                return False
+    finally:
+        os.close(own)
 
 
 def fd_target(fd: int) -> str:
