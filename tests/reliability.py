@@ -84,9 +84,21 @@ class Snapshot:
     source: str
 
 
+def _fds() -> dict:
+    """open_fds(), a dma-buf named by its inode (its /proc link changes with its name)."""
+    found = open_fds()
+    for fd, target in found.items():
+        if target.startswith("/dmabuf:"):
+            try:
+                found[fd] = f"dma-buf inode {os.fstat(fd).st_ino}"
+            except OSError:
+                pass
+    return found
+
+
 def snapshot() -> Snapshot:
     count, source = kernel_dmabufs()
-    return Snapshot(open_fds(), count, sw_sync_timelines(), source)
+    return Snapshot(_fds(), count, sw_sync_timelines(), source)
 
 
 def differences(before: Snapshot, after: Snapshot) -> list:
