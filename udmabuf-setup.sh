@@ -252,26 +252,34 @@ setup_host() {
         state_has node "$node" || state_add node "$node" "$(stat -c '%u %g %a' "$node")"
     done
     {
-        echo "# Installed by linuxdmabuf's udmabuf-setup.sh: group $group may use udmabuf and dma-heaps."
-        echo "# Remove with: udmabuf-setup.sh --uninstall"
-        echo "KERNEL==\"udmabuf\", SUBSYSTEM==\"misc\", GROUP=\"$group\", MODE=\"0660\""
-        echo "SUBSYSTEM==\"dma_heap\", GROUP=\"$group\", MODE=\"0660\""
+        cat <<EOF
+# Installed by linuxdmabuf's udmabuf-setup.sh: group $group may use udmabuf and dma-heaps.
+# Remove with: udmabuf-setup.sh --uninstall
+KERNEL=="udmabuf", SUBSYSTEM=="misc", GROUP="$group", MODE="0660"
+SUBSYSTEM=="dma_heap", GROUP="$group", MODE="0660"
+EOF
         if [ -n "$size_limit" ] && [ ! -e /sys/module/udmabuf/initstate ]; then
-            # udmabuf is built in: no modprobe options; set the parameter when udev adds the device at boot.
-            echo "ACTION==\"add\", KERNEL==\"udmabuf\", SUBSYSTEM==\"misc\", RUN+=\"/bin/sh -c 'echo $size_limit > $size_param'\""
+            # udmabuf is built in, so no modprobe options: set the parameter when udev adds the device at boot.
+            cat <<EOF
+ACTION=="add", KERNEL=="udmabuf", SUBSYSTEM=="misc", RUN+="/bin/sh -c 'echo $size_limit > $size_param'"
+EOF
         fi
     } | write_file "$rules"
+    local udev=0
     if udevd_running; then
+        udev=1
         udevadm control --reload
         udevadm trigger --action=change --subsystem-match=dma_heap
         udevadm trigger --action=change --subsystem-match=misc --sysname-match=udmabuf
         udevadm settle --timeout=30 || true
+        say "host: udevd reloaded its rules and re-applied them to the devices"
     else
         say "host: udevd is not running: applying the rule to the current nodes by hand (udev applies it from the next boot)"
     fi
     for node in $(device_nodes); do  # where udev did not (or cannot), set what the rule says
         read -r _ gid perm <<<"$(stat -c '%u %g %a' "$node")"
         if [ "$(getent group "$gid" | cut -d: -f1)" != "$group" ] || [ "$perm" != 660 ]; then
+            [ "$udev" -eq 0 ] || say "host: udevd did not apply the rule to $node ($gid, $perm): setting it by hand"
             chgrp "$group" "$node"
             chmod 0660 "$node"
         fi

@@ -31,6 +31,9 @@ def vm_root():
     if not os.path.exists("/dev/udmabuf"):
         pytest.skip(f"no /dev/udmabuf on kernel {os.uname().release}")
     assert not os.path.exists(STATE), "a previous test left the set-up installed"
+    yield
+    if os.path.exists(STATE):  # the test failed half-way: do not leave it to the next one
+        setup("--uninstall")
 
 
 def _nodes():
@@ -73,6 +76,13 @@ def setup(*args, sudo_user=None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, env=env, timeout=300, **kwargs)
 
 
+def _udevd_running() -> bool:
+    try:
+        return subprocess.run(["udevadm", "control", "--ping"], capture_output=True, timeout=30).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
 def _can_allocate(user, groups) -> subprocess.CompletedProcess:
     entry = pwd.getpwnam(user)
     code = ("import linuxdmabuf\nfor n in linuxdmabuf.Heap.available():\n"
@@ -89,6 +99,10 @@ def test_setup_check_uninstall_leaves_the_system_as_it_was(vm_root):
     run = setup("--devices-only", "--group", "lxdtest", "--size-limit-mb", "96", sudo_user="nobody")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "created group lxdtest" in run.stdout and "added nobody to group lxdtest" in run.stdout
+    if _udevd_running():  # the rule itself, applied by udevd, did the work
+        assert "udevd reloaded its rules" in run.stdout and "udevd did not apply" not in run.stdout
+    else:
+        assert "udevd is not running: applying the rule to the current nodes by hand" in run.stdout
     for node in _nodes():
         label = "udmabuf" if node == "/dev/udmabuf" else "dma-heap " + os.path.basename(node)
         assert f"[ok]      {label}: nobody allocated a dma-buf" in run.stdout
