@@ -31,7 +31,7 @@ from .dmabuf import DmaBuf
 
 __all__ = ["DrmDevice", "DrmVersion", "GemObject", "DumbBuffer", "Vgem", "DRM_MAJOR"]
 
-DRM_MAJOR = 226  # include/drm/drm_file.h: every /dev/dri node's character-device major
+DRM_MAJOR = 226  # every /dev/dri node's char major: "Direct Rendering Infrastructure (DRI)", admin-guide/devices.txt
 DRM_CLOEXEC = os.O_CLOEXEC  # include/uapi/drm/drm.h defines them as these open flags
 DRM_RDWR = os.O_RDWR
 VGEM_FENCE_TIMEOUT = 10.0  # seconds; drivers/gpu/drm/vgem/vgem_fence.c signals unsignaled fences then
