@@ -1,0 +1,137 @@
+"""Signals during blocking calls: a SIGALRM storm neither raises nor restarts the full
+timeout of SyncFile.wait / DmaBuf.wait (the overshoot is printed), and a blocked
+DMA_BUF_IOCTL_SYNC START interrupted by signals is restarted, as the kernel asks,
+instead of failing with EINTR. (test_dmabuf.py and test_syncfile.py check one 0.5 s
+wait under 50 ms alarms.)"""
+import errno
+import signal
+import threading
+import time
+
+import pytest
+
+from linuxdmabuf import _sys
+
+PAGE = 4096
+MARGIN = 0.5  # seconds: generous, for a loaded emulator; a restarted timeout would exceed it
+pytestmark = pytest.mark.requires_sw_sync
+
+
+class Alarms:
+    """SIGALRM every `interval` seconds while in the block; counts deliveries."""
+
+    def __init__(self, interval: float, handler=None):
+        self.interval, self.hits, self.handler = interval, 0, handler
+
+    def _count(self, *args):
+        self.hits += 1
+        if self.handler:
+            self.handler()
+
+    def __enter__(self):
+        self.old = signal.signal(signal.SIGALRM, self._count)
+        signal.setitimer(signal.ITIMER_REAL, self.interval, self.interval)
+        return self
+
+    def __exit__(self, *exc_info):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self.old)
+
+
+@pytest.fixture
+def busy(dma_heap, sw_sync_timeline):
+    """(buffer with an unsignaled write fence, that fence, its timeline)."""
+    buf = dma_heap.allocate(PAGE)
+    fence = sw_sync_timeline.create_fence(1)
+    buf.import_sync_file(fence)
+    yield buf, fence, sw_sync_timeline
+    buf.close()
+    fence.close()
+
+
+WAITS = {
+    "SyncFile.wait": lambda buf, fence, t: fence.wait(t),
+    "DmaBuf.wait": lambda buf, fence, t: buf.wait(timeout=t),
+    "DmaBuf.wait(write=True)": lambda buf, fence, t: buf.wait(write=True, timeout=t),
+}
+
+
+@pytest.mark.parametrize("interval", [0.005, 0.03])
+@pytest.mark.parametrize("timeout", [0.1, 0.6])
+@pytest.mark.parametrize("kind", WAITS)
+def test_wait_times_out_on_time_under_a_sigalrm_storm(busy, kind, timeout, interval):
+    buf, fence, _ = busy
+    with Alarms(interval) as alarms:
+        start = time.monotonic()
+        result = WAITS[kind](buf, fence, timeout)
+        elapsed = time.monotonic() - start
+    overshoot = elapsed - timeout
+    print(f"\n{kind} timeout {timeout} s, SIGALRM every {interval * 1000:.0f} ms: "
+          f"{alarms.hits} signals, overshoot {overshoot * 1000:.1f} ms")
+    assert result is False and alarms.hits >= 1
+    assert 0 <= overshoot < MARGIN
+
+
+@pytest.mark.parametrize("kind", WAITS)
+def test_wait_sees_the_fence_signal_during_a_sigalrm_storm(busy, kind):
+    buf, fence, timeline = busy
+    timer = threading.Timer(0.3, timeline.advance)
+    with Alarms(0.01) as alarms:
+        timer.start()
+        start = time.monotonic()
+        result = WAITS[kind](buf, fence, 30)
+        elapsed = time.monotonic() - start
+    timer.join()
+    assert result is True and alarms.hits >= 3 and 0.25 <= elapsed < 0.3 + 5
+
+
+class CountingLib:
+    """Stands in for the cffi lib in _sys: counts ioctl calls on one fd, and EINTR failures."""
+
+    def __init__(self, real, fd):
+        self.real, self.fd, self.calls, self.eintr = real, fd, 0, 0
+
+    def ioctl(self, fd, *args):
+        ret = self.real.ioctl(fd, *args)
+        if fd == self.fd:
+            self.calls += 1
+            if ret < 0 and _sys.ffi.errno == errno.EINTR:
+                self.eintr += 1
+        return ret
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_blocked_sync_start_is_restarted_after_eintr(busy, monkeypatch):
+    """SYNC START waits, interruptibly, for the write fence; each SIGALRM makes the ioctl
+    fail with EINTR, and sync_start issues it again until the fence signals."""
+    buf, fence, timeline = busy
+    lib = CountingLib(_sys.lib, buf.fileno())
+    monkeypatch.setattr(_sys, "lib", lib)
+    timer = threading.Timer(0.5, timeline.advance)
+    with Alarms(0.02) as alarms:
+        timer.start()
+        start = time.monotonic()
+        buf.sync_start()
+        elapsed = time.monotonic() - start
+    timer.join()
+    buf.sync_end()
+    print(f"\nsync_start blocked {elapsed:.2f} s: {alarms.hits} signals, {lib.eintr} EINTR, {lib.calls} ioctls")
+    assert elapsed >= 0.45 and alarms.hits >= 3
+    assert lib.eintr >= 1 and lib.calls == lib.eintr + 2  # the restarts, the START that succeeded, the END
+
+
+def test_a_raising_handler_interrupts_a_blocked_sync_start(busy):
+    """PEP 475: a signal handler that raises ends the call with its exception."""
+    buf, fence, timeline = busy
+
+    def stop():
+        raise InterruptedError("from the handler")
+
+    with pytest.raises(InterruptedError, match="from the handler"):
+        with Alarms(0.05, handler=stop):
+            buf.sync_start()
+    timeline.advance()
+    with buf.cpu_access():  # the buffer is fine afterwards
+        pass
