@@ -7,6 +7,8 @@
 - dmabuf_leak_check fails a test that leaks, and only such a test.
 - --linuxdmabuf-vm: argument handling with the VM runner stubbed out, then two
   real sessions in a VM (marked slow).
+Generated test modules are named test_plugin_gen_*: inline runs share
+sys.modules with this session, so their names must not be those of real tests.
 """
 import os
 import shutil
@@ -154,7 +156,7 @@ def test_fixtures_and_markers_pass_or_skip_with_the_precise_reason(pytester, mon
     if where != "host" and not os.environ.get("LINUXDMABUF_IN_VM"):
         pytest.skip("runs in the VM, on each kernel of the matrix (tools/run-tests)")
     monkeypatch.delenv("LINUXDMABUF_IN_VM", raising=False)
-    pytester.makepyfile(test_generated=FIXTURES_AND_MARKERS)
+    pytester.makepyfile(test_plugin_gen_all=FIXTURES_AND_MARKERS)
     got = outcomes(pytester.inline_run("-p", "no:cacheprovider"))
     expected = expected_outcomes()
     assert set(got) == set(expected)
@@ -170,7 +172,7 @@ def test_fixtures_and_markers_pass_or_skip_with_the_precise_reason(pytester, mon
 
 def test_skip_reasons_point_at_the_test(pytester):
     """A requires_* skip is reported at the test's line, like skipif, not inside the plugin."""
-    pytester.makepyfile(test_where='''
+    pytester.makepyfile(test_plugin_gen_where='''
 import pytest
 
 @pytest.mark.requires_dma_heap("no-such-heap")
@@ -179,12 +181,13 @@ def test_x():
 ''')
     result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_where.py:[0-9]: no dma-heap /dev/dma_heap/no-such-heap*"])
+    result.stdout.fnmatch_lines(
+        ["SKIPPED [[]1[]] test_plugin_gen_where.py:[0-9]: no dma-heap /dev/dma_heap/no-such-heap*"])
 
 
 def test_plugin_is_inert_unless_used(pytester, monkeypatch):
     monkeypatch.delenv("LINUXDMABUF_IN_VM", raising=False)
-    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    pytester.makepyfile(test_plugin_gen_plain="def test_plain():\n    pass\n")
     result = pytester.runpytest("-p", "no:cacheprovider", "--strict-markers")
     result.assert_outcomes(passed=1)
     assert "linuxdmabuf-vm" not in result.stdout.str()
@@ -241,7 +244,7 @@ def test_zz_close_what_was_kept():
 
 @pytest.mark.requires_dma_heap(name="system")
 def test_dmabuf_leak_check_fails_exactly_the_leaking_tests(pytester):
-    pytester.makepyfile(test_leaks=LEAKS)
+    pytester.makepyfile(test_plugin_gen_leaks=LEAKS)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=7, errors=3)
     out = result.stdout.str()
@@ -277,7 +280,7 @@ def stub_vm(monkeypatch):
 @pytest.fixture
 def project(pytester):
     pytester.mkdir("sub")
-    pytester.makepyfile(**{"sub/test_one": "def test_one():\n    pass\n"})
+    pytester.makepyfile(**{"sub/test_plugin_gen_one": "def test_one():\n    pass\n"})
     return pytester
 
 
@@ -396,7 +399,7 @@ def test_fails_on_purpose():
 @boots_vm("debian-7.2")
 def test_session_on_a_stock_kernel(pytester):
     """Debian's 7.2 kernel: udmabuf and the system heap work; no sw_sync, no CMA heap, said so; status 1."""
-    pytester.makepyfile(test_stock=STOCK_KERNEL_SESSION)
+    pytester.makepyfile(test_plugin_gen_stock=STOCK_KERNEL_SESSION)
     code, out, err = pytest_in_vm(pytester.path, "--linuxdmabuf-vm=debian-7.2", "-rs")
     assert code == 1, out + err
     assert "linuxdmabuf-vm: guest kernel 7.2." in out and "(debian-7.2); devices: /dev/udmabuf" in out
@@ -409,7 +412,7 @@ def test_session_on_a_stock_kernel(pytester):
 @boots_vm("full")
 def test_usage_error_inside_the_vm_comes_back(pytester):
     """A -k expression is only checked where tests are collected, i.e. in the VM: its error must come back."""
-    pytester.makepyfile(test_k="def test_one():\n    pass\n")
+    pytester.makepyfile(test_plugin_gen_k="def test_one():\n    pass\n")
     code, out, err = pytest_in_vm(pytester.path, "--linuxdmabuf-vm", "-k", "and")
     assert code == pytest.ExitCode.USAGE_ERROR, out + err
     assert "Wrong expression passed to '-k': and" in out + err
