@@ -1,5 +1,6 @@
 """Permissions: what an unprivileged user sees without access, and that a group grant works."""
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -56,3 +57,147 @@ def test_group_grant_lets_unprivileged_user_allocate(tmp_path):
     finally:
         os.chown("/dev/udmabuf", saved.st_uid, saved.st_gid)
         os.chmod("/dev/udmabuf", stat.S_IMODE(saved.st_mode))
+
+
+# -- what the project installs, and more of what an unprivileged user meets --------------------
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _world_writable_mode(mode: str) -> bool:
+    """Whether a chmod/udev mode ("0660", "666", "o+w", "a=rw"...) lets others write."""
+    if mode.isdigit():
+        return bool(int(mode, 8) & 0o002)
+    clauses = [re.fullmatch(r"([ugoa]*)([-+=])([rwxXst]*)", part) for part in mode.split(",")]
+    assert all(clauses), f"not a mode: {mode}"
+    return any(op in "+=" and "w" in perms and ("o" in who or "a" in who or not who)
+               for who, op, perms in (c.groups() for c in clauses))
+
+
+def test_the_world_write_check_itself():
+    assert [_world_writable_mode(m) for m in ("0660", "0644", "666", "0777", "o+w", "a+rw", "+w", "g+w", "o-w")] == \
+        [False, False, True, True, True, True, True, False, False]
+
+
+def test_nothing_the_project_installs_makes_a_device_world_writable():
+    """Every udev rule udmabuf-setup.sh writes names a group and keeps others out, and no
+    chmod in it grants others write; `linuxdmabuf info` suggests the same rules."""
+    from linuxdmabuf.cli.info import udev_rule
+
+    with open(os.path.join(TOP, "udmabuf-setup.sh")) as f:
+        script = f.read()
+    rules = [line for line in script.splitlines() if re.match(r'\s*(KERNEL|SUBSYSTEM)=="', line)]
+    rules += [udev_rule("udmabuf"), udev_rule("system")]
+    assert len(rules) >= 4
+    for rule in rules:
+        mode = re.search(r'MODE="(\d+)"', rule)
+        if mode or "GROUP=" in rule or "OWNER=" in rule:
+            assert mode and not int(mode.group(1), 8) & 0o007, f"others get access: {rule}"
+            assert 'GROUP="' in rule, f"no group: {rule}"
+    chmods = [m.strip("\"'") for m in re.findall(r"\bchmod\s+(?:-\w+\s+)*(\S+)", script)]
+    # (A mode held in a variable is a saved one put back by --uninstall.)
+    literal = [m for m in chmods if not m.startswith("$")]
+    assert literal and not [m for m in literal if _world_writable_mode(m)], chmods
+
+
+@pytest.mark.parametrize("device", ["/dev/dma_heap/system", "/dev/udmabuf"])
+def test_group_grant_gives_full_use_and_nothing_to_others(device):
+    """After the rule's grant (group video, 0660), done by hand as root: nobody in video
+    allocates, maps, brackets CPU access and exports a fence; nobody outside it is refused
+    with a PermissionError naming the device and udmabuf-setup.sh."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to change the device's group")
+    if not os.path.exists(device):
+        pytest.skip(f"no {device} on kernel {os.uname().release}")
+    import grp
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    video = grp.getgrnam("video").gr_gid
+    opener = "linuxdmabuf.Udmabuf()" if device == "/dev/udmabuf" else "linuxdmabuf.Heap('system')"
+    probe = (f"import linuxdmabuf\nwith {opener} as d, d.allocate(4096) as b:\n"
+             "    b.write(b'granted')\n    assert b.read(7) == b'granted' and b.export_sync_file().signaled\n"
+             "print('ok')")
+    run = lambda groups: subprocess.run([sys.executable, "-c", probe], user=nobody.pw_uid, group=nobody.pw_gid,
+                                        extra_groups=groups, capture_output=True, text=True, cwd="/")
+    saved = os.stat(device)
+    try:
+        os.chown(device, 0, video)
+        os.chmod(device, 0o660)
+        denied = run([])
+        assert "PermissionError" in denied.stderr and device in denied.stderr and "udmabuf-setup.sh" in denied.stderr
+        granted = run([video])
+        assert granted.returncode == 0 and granted.stdout.strip() == "ok", granted.stderr
+    finally:
+        os.chown(device, saved.st_uid, saved.st_gid)
+        os.chmod(device, stat.S_IMODE(saved.st_mode))
+
+
+@pytest.mark.unprivileged
+def test_unprivileged_allocate_and_features_say_why(tmp_path):
+    if os.getuid() == 0:
+        pytest.skip("runs as an unprivileged user (tools/run-tests runs it as nobody)")
+    devices = [p for p in ("/dev/dma_heap/system", "/dev/udmabuf") if os.path.exists(p)]
+    if not devices or any(os.access(p, os.R_OK) for p in devices):
+        pytest.skip(f"needs dma-buf devices this uid ({os.getuid()}) may not open")
+    with pytest.raises(PermissionError) as info:
+        linuxdmabuf.allocate(4096)
+    assert all(p in str(info.value) for p in devices) and "udmabuf-setup.sh" in str(info.value)
+    found = linuxdmabuf.features()
+    assert not found["udmabuf"] and not found["dma_heap"]
+
+
+@pytest.mark.unprivileged
+def test_unprivileged_sw_sync_is_refused_with_the_reason():
+    if os.getuid() == 0:
+        pytest.skip("runs as an unprivileged user (tools/run-tests runs it as nobody)")
+    with pytest.raises(OSError) as info:
+        linuxdmabuf.SwSyncTimeline()
+    assert isinstance(info.value, (PermissionError, linuxdmabuf.UnsupportedError))
+    assert "debugfs" in str(info.value)
+
+
+def test_another_user_cannot_take_our_buffers(dma_heap):
+    """pidfd_getfd follows the ptrace rules: nobody may not take root's dma-buf fd, and is
+    told why; /proc/<pid>/fd of root's process is closed to it too."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to run a process as nobody")
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    with dma_heap.allocate(4096) as buf:
+        probe = (f"import os, linuxdmabuf\ntry:\n    linuxdmabuf.DmaBuf.from_pid({os.getpid()}, {buf.fileno()})\n"
+                 "except PermissionError as e:\n    print('refused:', e)\n"
+                 f"try:\n    os.open('/proc/{os.getpid()}/fd/{buf.fileno()}', os.O_RDWR)\n"
+                 "except PermissionError:\n    print('proc refused')\n")
+        done = subprocess.run([sys.executable, "-c", probe], user=nobody.pw_uid, group=nobody.pw_gid,
+                              extra_groups=[], capture_output=True, text=True, cwd="/")
+    assert "refused:" in done.stdout and "ptrace" in done.stdout, done.stdout + done.stderr
+    assert "proc refused" in done.stdout
+
+
+def test_a_buffer_handed_over_is_usable_without_device_access(dma_heap):
+    """The fd is the capability: nobody, who may not open any device, uses a dma-buf
+    root sends it over a UNIX socket."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to run a process as nobody")
+    import pwd
+    import socket
+
+    from linuxdmabuf import ipc
+
+    nobody = pwd.getpwnam("nobody")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    probe = ("import socket, sys, linuxdmabuf\nfrom linuxdmabuf import ipc\n"
+             "s = socket.socket(fileno=int(sys.argv[1]))\n_, (buf,) = ipc.recv(s)\n"
+             "with buf:\n    print(buf.read(6).decode())\n    buf.write(b'thanks')\n")
+    with ours, dma_heap.allocate(4096) as buf:
+        buf.write(b"handed")
+        with theirs:
+            child = subprocess.Popen([sys.executable, "-c", probe, str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                                     user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd="/")
+        ipc.send(ours, buf)
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0 and out.strip() == "handed", err
+        assert buf.read(6) == b"thanks"
