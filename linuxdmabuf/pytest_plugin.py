@@ -177,8 +177,10 @@ def dma_heap_cma():
 
     names = Heap.available(kind="cma")
     if not names:
+        # A heap this user cannot open may be a CMA one, except the system
+        # heap: the kernel always names that one "system".
         denied = [os.path.join(HEAP_DIR, name) for name in Heap.available()
-                  if not os.access(os.path.join(HEAP_DIR, name), os.R_OK)]
+                  if name != "system" and not os.access(os.path.join(HEAP_DIR, name), os.R_OK)]
         if denied:
             from linuxdmabuf._sys import GRANT_ACCESS
 
