@@ -52,22 +52,25 @@ def test_signaled_by_another_task(sw_sync_timeline):
 
 
 def test_the_loop_keeps_running_while_waiting(sw_sync_timeline):
+    """Other tasks run while a wait is pending: the fence is signaled only once a
+    ticker task has ticked five times (a blocked loop would time the wait out)."""
     with sw_sync_timeline.create_fence(1) as fence:
-        async def ticker(ticks):
-            while True:
-                ticks.append(time.monotonic())
-                await asyncio.sleep(0.005)
-
         async def scenario():
-            ticks = []
-            tick = asyncio.create_task(ticker(ticks))
-            signaler = asyncio.create_task(advance_later(sw_sync_timeline, 0.1))
-            assert await fence.wait_async(timeout=5)
-            tick.cancel()
-            await signaler
-            return len(ticks)
+            ticks = 0
 
-        assert run(scenario()) >= 5
+            async def ticker():
+                nonlocal ticks
+                while ticks < 5:
+                    ticks += 1
+                    await asyncio.sleep(0.005)
+                sw_sync_timeline.advance()
+
+            tick = asyncio.create_task(ticker())
+            assert await fence.wait_async(timeout=30) is True
+            await tick
+            return ticks
+
+        assert run(scenario()) == 5
 
 
 def test_timeouts(sw_sync_timeline):
