@@ -100,37 +100,43 @@ def test_nothing_the_project_installs_makes_a_device_world_writable():
     assert literal and not [m for m in literal if _world_writable_mode(m)], chmods
 
 
-@pytest.mark.parametrize("device", ["/dev/dma_heap/system", "/dev/udmabuf"])
-def test_group_grant_gives_full_use_and_nothing_to_others(device):
-    """After the rule's grant (group video, 0660), done by hand as root: nobody in video
-    allocates, maps, brackets CPU access and exports a fence; nobody outside it is refused
-    with a PermissionError naming the device and udmabuf-setup.sh."""
+def test_group_grant_gives_full_use_and_nothing_to_others():
+    """After the rule's grant (group video, 0660) on the system heap and udmabuf, done by
+    hand as root: nobody in video allocates, maps, brackets CPU access and exports a
+    fence from each; nobody outside it is refused with a PermissionError naming the
+    device and udmabuf-setup.sh."""
     if os.getuid() != 0:
-        pytest.skip("needs root to change the device's group")
-    if not os.path.exists(device):
-        pytest.skip(f"no {device} on kernel {os.uname().release}")
+        pytest.skip("needs root to change the devices' group")
+    devices = {"/dev/dma_heap/system": "linuxdmabuf.Heap('system')", "/dev/udmabuf": "linuxdmabuf.Udmabuf()"}
+    devices = {path: opener for path, opener in devices.items() if os.path.exists(path)}
+    if not devices:
+        pytest.skip(f"no dma-buf devices on kernel {os.uname().release}")
     import grp
     import pwd
 
     nobody = pwd.getpwnam("nobody")
     video = grp.getgrnam("video").gr_gid
-    opener = "linuxdmabuf.Udmabuf()" if device == "/dev/udmabuf" else "linuxdmabuf.Heap('system')"
-    probe = (f"import linuxdmabuf\nwith {opener} as d, d.allocate(4096) as b:\n"
-             "    b.write(b'granted')\n    assert b.read(7) == b'granted' and b.export_sync_file().signaled\n"
-             "print('ok')")
+    probe = "import linuxdmabuf\n" + "".join(
+        f"try:\n    with {opener} as d, d.allocate(4096) as b:\n        b.write(b'granted')\n"
+        f"        assert b.read(7) == b'granted' and b.export_sync_file().signaled\n    print('ok {path}')\n"
+        f"except PermissionError as e:\n    print('refused', e)\n" for path, opener in devices.items())
     run = lambda groups: subprocess.run([sys.executable, "-c", probe], user=nobody.pw_uid, group=nobody.pw_gid,
                                         extra_groups=groups, capture_output=True, text=True, cwd="/")
-    saved = os.stat(device)
+    saved = {path: os.stat(path) for path in devices}
     try:
-        os.chown(device, 0, video)
-        os.chmod(device, 0o660)
-        denied = run([])
-        assert "PermissionError" in denied.stderr and device in denied.stderr and "udmabuf-setup.sh" in denied.stderr
+        for path in devices:
+            os.chown(path, 0, video)
+            os.chmod(path, 0o660)
+        denied = run([]).stdout.splitlines()
+        assert len(denied) == len(devices), denied
+        for line, path in zip(denied, devices):
+            assert line.startswith("refused") and path in line and "udmabuf-setup.sh" in line, line
         granted = run([video])
-        assert granted.returncode == 0 and granted.stdout.strip() == "ok", granted.stderr
+        assert granted.stdout.split("\n")[:-1] == [f"ok {path}" for path in devices], granted.stdout + granted.stderr
     finally:
-        os.chown(device, saved.st_uid, saved.st_gid)
-        os.chmod(device, stat.S_IMODE(saved.st_mode))
+        for path, st in saved.items():
+            os.chown(path, st.st_uid, st.st_gid)
+            os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
 @pytest.mark.unprivileged
