@@ -64,7 +64,12 @@ def test_parse_bufinfo_columns_fences_and_attachments():
     assert [(e.ino, e.size, e.exp_name, e.name, e.count) for e in entries] == [
         (2, 12288, "udmabuf", "", 3), (1, 8192, "system", "hello", 3), (31, 4096, "default_cma_region", "name\twith tab", 1)]
     assert entries[1].attached == ("vgem", "0000:00:02.0") and entries[0].attached == ()
-    assert entries[0].flags == 2
+
+
+def test_parse_bufinfo_other_columns_take_the_general_path():
+    """A header other than 7.2's is read column by column; a column it lacks is None."""
+    assert dump.parse_bufinfo(BUFINFO.replace("count   \t", "refcount\t")) == [
+        e._replace(count=None) for e in dump.parse_bufinfo(BUFINFO)]
 
 
 def test_parse_bufinfo_older_header_without_ino():
@@ -359,30 +364,22 @@ def _victim_and_witness(dma_heap, udmabuf):
 
 @pytest.mark.parametrize("moment", ["before fds", "before maps", "before name"])
 def test_process_exiting_mid_scan_is_skipped(dma_heap, udmabuf, monkeypatch, moment):
-    import psutil
-
     victim, witness, shared, own = _victim_and_witness(dma_heap, udmabuf)
     try:
-        real_listdir, real_read, real_process = os.listdir, dump._read, psutil.Process
+        real_listdir, real_read = os.listdir, dump._read
 
         def listdir(path):
-            if moment == "before fds" and path == f"/proc/{victim.pid}/fd":
+            if moment == "before fds" and str(path).rstrip("/") == f"/proc/{victim.pid}/fd":
                 victim.kill()
             return real_listdir(path)
 
         def read(path, size=0):
-            if moment == "before maps" and path == f"/proc/{victim.pid}/maps":
+            if (moment, path) in (("before maps", f"/proc/{victim.pid}/maps"), ("before name", f"/proc/{victim.pid}/comm")):
                 victim.kill()
             return real_read(path, size)
 
-        def process(pid):
-            if moment == "before name" and pid == victim.pid:
-                victim.kill()
-            return real_process(pid)
-
         monkeypatch.setattr(dump.os, "listdir", listdir)
         monkeypatch.setattr(dump, "_read", read)
-        monkeypatch.setattr(psutil, "Process", process)
         result = dump.scan()
         assert victim.proc.returncode is not None  # it really exited during the scan
         assert victim.pid not in result.buffers[shared].holders
@@ -397,30 +394,66 @@ def test_process_exiting_mid_scan_is_skipped(dma_heap, udmabuf, monkeypatch, mom
 def test_fd_closed_or_reused_mid_scan_is_skipped(dma_heap, udmabuf, monkeypatch):
     victim, witness, shared, own = _victim_and_witness(dma_heap, udmabuf)
     try:
-        real_listdir, real_read = os.listdir, dump._read
+        real_listdir, real_stat = os.listdir, os.stat
         fd_dir = f"/proc/{victim.pid}/fd"
-        reused = set()
+        reused = []
 
         def listdir(path):
             names = real_listdir(path)
-            return names + ["987"] if path == fd_dir else names  # an fd closed since the kernel listed it
+            return names + ["987"] if str(path).rstrip("/") == fd_dir else names  # an fd closed since the listing
 
-        def read(path, size=0):
-            if path.startswith(f"/proc/{victim.pid}/fdinfo/") and not reused:
-                reused.add(path)  # the first dma-buf fd became a pipe between readlink and fdinfo
-                return "pos:\t0\nflags:\t02000000\nmnt_id:\t15\nino:\t4242\n"
-            return real_read(path, size)
+        def stat(path, *args, **kwargs):
+            if str(path).startswith(fd_dir + "/") and not reused:
+                reused.append(path)  # its first dma-buf fd became a regular file between readlink and stat
+                return real_stat("/etc/passwd")
+            return real_stat(path, *args, **kwargs)
 
         monkeypatch.setattr(dump.os, "listdir", listdir)
-        monkeypatch.setattr(dump, "_read", read)
+        monkeypatch.setattr(dump.os, "stat", stat)
         result = dump.scan()
         holders = [result.buffers[i].holders.get(victim.pid) for i in (shared, own)]
-        assert sum(len(h.fds) for h in holders if h) == 1  # one of its two fds was skipped, nothing broke
+        assert reused and sum(len(h.fds) for h in holders if h) == 1  # one of its two fds skipped, nothing broke
         assert result.buffers[own].holders[victim.pid].mappings == 1
-        assert 4242 not in result.buffers
+        assert real_stat("/etc/passwd").st_ino not in result.buffers
     finally:
         victim.close()
         witness.close()
+
+
+@needs_devices
+def test_without_debugfs_exporters_come_from_fdinfo(scenario, monkeypatch):
+    """As a user who may not read debugfs: exporter and refs from one fdinfo per buffer; a buffer only mapped
+    keeps its size from map_files (root) and has no exporter."""
+    children, inodes = scenario
+    monkeypatch.setattr(dump, "debugfs_mount", lambda: None)
+    result = dump.scan()
+    assert result.debugfs == "not mounted"
+    for inode, (size, exporter, name, holders) in _expected(children, inodes).items():
+        buf = result.buffers[inode]
+        assert (buf.size, buf.name) == (size, name)
+        if any(n for n, m in holders.values()):
+            assert buf.exporter == exporter and "fdinfo" in buf.sources
+            assert buf.refs == sum(n + m for n, m in holders.values())
+        else:
+            assert buf.exporter is None and buf.sources == {"maps", "map_files"}
+
+
+@needs_devices
+def test_buffer_whose_fds_all_closed_during_the_scan_is_dropped(scenario, monkeypatch):
+    children, inodes = scenario
+    monkeypatch.setattr(dump, "debugfs_mount", lambda: None)
+    real_read = dump._read
+    h2_fds = f"/proc/{children['A'].pid}/fdinfo/"
+
+    def read(path, size=0):
+        text = real_read(path, size)
+        if path.startswith(h2_fds) and f"\nino:\t{inodes['h2']}\n" in text:
+            raise FileNotFoundError(path)  # both fds of h2 closed between the fd listing and fdinfo
+        return text
+
+    monkeypatch.setattr(dump, "_read", read)
+    result = dump.scan()
+    assert inodes["h2"] not in result.buffers and inodes["h1"] in result.buffers
 
 
 def test_dump_survives_churn(dma_heap, udmabuf):

@@ -1,24 +1,32 @@
 """``linuxdmabuf dump``: which processes hold which dma-bufs, like Android's dmabuf_dump.
 
 For every process (psutil), the dma-bufs it holds through file descriptors
-(/proc/<pid>/fd and fdinfo: inode, size, exporter, name, reference count) and
-through mappings (/proc/<pid>/maps, where a dma-buf shows as "/dmabuf:<name>"
-with its inode). Then one row per buffer -- a buffer is its inode -- with the
-processes sharing it, and totals per exporter and per process, each buffer
-counted once. Where readable, debugfs dma_buf/bufinfo (root) and
-/sys/kernel/dmabuf/buffers (kernels before 7.0 built with
-CONFIG_DMABUF_SYSFS_STATS) add the buffers no visible process holds, and the
-sizes of buffers that are only mapped.
+(/proc/<pid>/fd: a dma-buf's link reads "/dmabuf:<name>", and stat() through
+it gives the buffer's inode and size) and through mappings (/proc/<pid>/maps,
+where a mapping shows the same path and the buffer's inode). Then one row per
+buffer -- a buffer is its inode -- with the processes sharing it, and totals
+per exporter and per process, each buffer counted once.
+
+The exporter and the reference count of each buffer come from debugfs
+dma_buf/bufinfo where this user may read it (root), which also adds the
+buffers no visible process holds and the sizes of buffers that are only
+mapped; otherwise, or for a buffer bufinfo does not list, from the fdinfo of
+one of its fds. /sys/kernel/dmabuf/buffers (kernels before 7.0 built with
+CONFIG_DMABUF_SYSFS_STATS) is read too where it exists.
 
 Processes exit and fds close while we read: those are skipped silently.
 Processes this user may not inspect are counted and reported once.
 """
 import argparse
+import contextlib
 import csv
+import gc
 import json
 import os
+import re
+import stat
 import sys
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..dmabuf import parse_fdinfo
 from ..swsync import debugfs_mount
@@ -30,8 +38,7 @@ SYSFS_BUFFERS = "/sys/kernel/dmabuf/buffers"
 
 # -- parsing (pure functions of the kernel's text) --------------------------------
 
-@dataclass(frozen=True)
-class Mapping:
+class Mapping(NamedTuple):
     """One /proc/<pid>/maps line of a dma-buf mapping."""
 
     start: int
@@ -50,26 +57,28 @@ def parse_maps(text: str) -> list:
 
     A line is "start-end perms offset major:minor inode path"; for a dma-buf
     the path is "/dmabuf:<name>" and the inode column is the buffer's inode.
+    Only the lines around each "/dmabuf:" are looked at: most of a process's
+    maps are other files.
     """
-    if PREFIX not in text:
-        return []
     found = []
-    for line in text.splitlines():
-        if PREFIX not in line:
-            continue
-        fields = line.split(None, 5)
-        if len(fields) < 6 or not fields[5].startswith(PREFIX):
-            continue
-        start, _, end = fields[0].partition("-")
-        try:
-            found.append(Mapping(int(start, 16), int(end, 16), int(fields[4]), fields[3], fields[5][len(PREFIX):]))
-        except ValueError:
-            continue
+    at = text.find(PREFIX)
+    while at >= 0:
+        start = text.rfind("\n", 0, at) + 1
+        end = text.find("\n", at)
+        if end < 0:
+            end = len(text)
+        fields = text[start:end].split(None, 5)
+        if len(fields) == 6 and fields[5].startswith(PREFIX):
+            first, _, last = fields[0].partition("-")
+            try:
+                found.append(Mapping(int(first, 16), int(last, 16), int(fields[4]), fields[3], fields[5][len(PREFIX):]))
+            except ValueError:
+                pass
+        at = text.find(PREFIX, end)
     return found
 
 
-@dataclass(frozen=True)
-class BufInfoEntry:
+class BufInfoEntry(NamedTuple):
     """One buffer of debugfs dma_buf/bufinfo (dma_buf_debug_show).
 
     `count` is the file's reference count; `attached` the devices attached
@@ -81,53 +90,67 @@ class BufInfoEntry:
     ino: int | None
     name: str
     count: int | None
-    flags: int | None
     attached: tuple = ()
 
 
-def parse_bufinfo(text: str) -> list:
-    """The buffers listed in the text of debugfs dma_buf/bufinfo.
+# A buffer's line (it starts with its zero-padded size) and the tab-indented
+# lines under it: its fences, then "Attached Devices:" and one line per device.
+_BUFINFO_ENTRY = re.compile(r"^(\d+\t[^\n]*)((?:\n\t[^\n]*)*)", re.M)
+_BUFINFO_HEADER = re.compile(r"^size[ \t][^\n]*exp_name[^\n]*$", re.M)
+# The columns since Linux 5.x, matched whole by one expression: size, count, exp_name, ino, name, the lines under.
+_STANDARD = ["size", "flags", "mode", "count", "exp_name", "ino", "name"]
+_STANDARD_ENTRY = re.compile(r"^(\d+)\t[0-9a-f]+\t[0-9a-f]+\t(\d+)\t([^\t\n]*)\t(\d+)\t([^\n]*)((?:\n\t[^\n]*)*)",
+                             re.M)
+_ATTACHED = "\n\tAttached Devices:"
+
+
+def bufinfo_rows(text: str) -> list:
+    """The buffers of debugfs dma_buf/bufinfo as strings: (size, count, exp_name, ino, name, lines under it).
 
     The columns are read from the header line ("size flags mode count
-    exp_name ino name" on 7.2; older kernels lack some), so a kernel that
-    reorders or drops one still parses. Fence lines are skipped; "Attached
-    Devices:" lines are collected. A name of "<none>" means no name.
+    exp_name ino name" on 7.2; older kernels lack some, and a missing one
+    is ""), so a kernel that reorders or drops one still parses; the name,
+    last, may contain tabs. The lines under a buffer are its fences and
+    attached devices (see attached_devices()).
     """
-    columns = None
+    header = _BUFINFO_HEADER.search(text)
+    if header is None:
+        return []
+    columns = [c.strip() for c in header.group(0).split("\t")]
+    if columns == _STANDARD:
+        return _STANDARD_ENTRY.findall(text, header.end())
+    index = {name: i for i, name in enumerate(columns)}
+    last = len(columns) - 1
+    rows = []
+    for line, under in _BUFINFO_ENTRY.findall(text, header.end()):
+        fields = line.split("\t", last)
+        if len(fields) <= last:
+            continue
+        rows.append(tuple(fields[index[c]].strip() if c in index and c != "name" else
+                          fields[index[c]] if c in index else "" for c in ("size", "count", "exp_name", "ino", "name"))
+                    + (under,))
+    return rows
+
+
+def attached_devices(under: str) -> tuple:
+    """The devices listed after "Attached Devices:" in the lines under a bufinfo buffer."""
+    at = under.find(_ATTACHED)
+    if at < 0:
+        return ()
+    return tuple(d.strip() for d in under[at + len(_ATTACHED):].split("\n\t") if d.strip())
+
+
+def parse_bufinfo(text: str) -> list:
+    """The buffers listed in the text of debugfs dma_buf/bufinfo, as BufInfoEntry.
+
+    Fence lines are skipped, "Attached Devices:" lines collected; a name of
+    "<none>" means no name; a column this kernel does not print is None.
+    """
     entries = []
-    current = None
-    attaching = False
-    for line in text.splitlines():
-        if columns is None:
-            if line.startswith("size") and "exp_name" in line:
-                columns = [c.strip() for c in line.split("\t")]
-            continue
-        if line.startswith("\t"):
-            item = line.strip()
-            if item == "Attached Devices:":
-                attaching = True
-            elif attaching and current is not None and item:
-                current["attached"].append(item)
-            continue
-        attaching = False
-        fields = line.split("\t", len(columns) - 1)
-        if len(fields) < len(columns) or not fields[0].strip().isdigit():
-            continue  # "Total N devices attached", blank lines, the final "Total" line
-        row = dict(zip(columns, fields))
-        current = {"row": row, "attached": []}
-        entries.append(current)
-    return [_bufinfo_entry(e["row"], e["attached"]) for e in entries]
-
-
-def _bufinfo_entry(row: dict, attached: list) -> BufInfoEntry:
-    def number(key, base=10):
-        value = row.get(key, "").strip()
-        return int(value, base) if value else None
-
-    name = row.get("name", "")
-    return BufInfoEntry(size=number("size"), exp_name=row.get("exp_name", "").strip(), ino=number("ino"),
-                        name="" if name == "<none>" else name, count=number("count"),
-                        flags=number("flags", 16), attached=tuple(attached))
+    for size, count, exp_name, ino, name, under in bufinfo_rows(text):
+        entries.append(BufInfoEntry(int(size), exp_name, int(ino) if ino else None, "" if name == "<none>" else name,
+                                    int(count) if count else None, attached_devices(under)))
+    return entries
 
 
 def read_sysfs_buffers(root: str = SYSFS_BUFFERS) -> dict | None:
@@ -158,51 +181,48 @@ def read_sysfs_buffers(root: str = SYSFS_BUFFERS) -> dict | None:
 
 # -- the scan --------------------------------------------------------------------
 
-@dataclass
 class Holder:
-    """How one process holds one buffer."""
+    """How one process holds one buffer: its fd numbers and its mappings."""
 
-    pid: int
-    name: str = ""
-    fds: list = field(default_factory=list)
-    mappings: int = 0
-    mapped_bytes: int = 0
+    __slots__ = ("pid", "name", "fds", "mappings", "mapped_bytes")
+
+    def __init__(self, pid: int, name: str = "", fds=None, mappings: int = 0, mapped_bytes: int = 0):
+        self.pid, self.name, self.fds = pid, name, [] if fds is None else fds
+        self.mappings, self.mapped_bytes = mappings, mapped_bytes
+
+    def __repr__(self) -> str:
+        return f"Holder(pid={self.pid}, name={self.name!r}, fds={self.fds}, mappings={self.mappings})"
 
 
-@dataclass
 class Buffer:
     """One dma-buf, identified by its inode, with every process seen holding it.
 
     `refs` is the kernel's count of references to the buffer's file (each
     fd and each mapping, in any process, and kernel users); `sources` says
-    where it was seen: "fdinfo", "maps", "debugfs", "sysfs".
+    where it was seen: "fd", "maps", "fdinfo", "debugfs", "sysfs", "map_files".
     """
 
-    inode: int
-    size: int | None = None
-    exporter: str | None = None
-    name: str = ""
-    refs: int | None = None
-    attached: tuple = ()
-    holders: dict = field(default_factory=dict)
-    sources: set = field(default_factory=set)
+    __slots__ = ("inode", "size", "exporter", "name", "refs", "attached", "holders", "sources")
 
-    def holder(self, pid: int) -> Holder:
-        found = self.holders.get(pid)
-        if found is None:
-            found = self.holders[pid] = Holder(pid)
-        return found
+    def __init__(self, inode: int):
+        self.inode, self.size, self.exporter, self.name, self.refs = inode, None, None, "", None
+        self.attached = ()
+        self.holders = {}  # pid -> Holder
+        self.sources = set()
+
+    def __repr__(self) -> str:
+        return (f"Buffer(inode={self.inode}, size={self.size}, exporter={self.exporter!r}, name={self.name!r}, "
+                f"refs={self.refs}, holders={sorted(self.holders)})")
 
 
-@dataclass
 class Scan:
     """What one pass over /proc (and debugfs, sysfs) found."""
 
-    buffers: dict = field(default_factory=dict)  # inode -> Buffer
-    names: dict = field(default_factory=dict)  # pid -> process name, for holders
-    denied: list = field(default_factory=list)  # pids this user may not inspect
-    debugfs: str = "not mounted"
-    sysfs: str = "absent"
+    def __init__(self, debugfs: str = "not mounted", sysfs: str = "absent"):
+        self.buffers = {}  # inode -> Buffer
+        self.names = {}  # pid -> process name, for holders
+        self.denied = []  # pids this user may not inspect
+        self.debugfs, self.sysfs = debugfs, sysfs
 
     def buffer(self, inode: int) -> Buffer:
         found = self.buffers.get(inode)
@@ -212,7 +232,7 @@ class Scan:
 
 
 def _read(path: str, size: int = 0) -> str:
-    """A /proc file's text: whole, or one read of `size` bytes (enough for an fdinfo)."""
+    """A kernel file's text: whole, or one read of `size` bytes (enough for an fdinfo)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if size:
@@ -227,39 +247,53 @@ def _read(path: str, size: int = 0) -> str:
         os.close(fd)
 
 
-@dataclass
-class _Seen:
-    """What one process's fds and maps showed, before we know it still exists."""
+def _read_process(pid: int) -> tuple:
+    """One process's dma-bufs: ({inode: [fd, ...]}, {inode: (size, name)}, {inode: [mappings, bytes, start, end]}).
 
-    held: dict = field(default_factory=dict)  # inode -> Holder
-    infos: dict = field(default_factory=dict)  # inode -> DmaBufInfo
-    names: dict = field(default_factory=dict)  # inode -> name from maps
-    ranges: dict = field(default_factory=dict)  # inode -> (start, end) of one mapping
-
-
-def _read_process(pid: int) -> _Seen:
-    """The dma-bufs of one process: its fds whose link is "/dmabuf:..." (with their
-    fdinfo), then its maps. An fd closed or reused meanwhile is skipped."""
-    base = f"/proc/{pid}"
-    seen = _Seen()
-    for fd in os.listdir(base + "/fd"):
+    Its fds whose link reads "/dmabuf:<name>", then stat() through the link
+    for the inode and size (a dma-buf's inode carries the buffer's size); an
+    fd closed or reused meanwhile is skipped. Then its maps.
+    """
+    fd_dir = f"/proc/{pid}/fd/"
+    readlink, fstat = os.readlink, os.stat
+    fds, seen, maps = {}, {}, {}
+    for fd in os.listdir(fd_dir):
+        link = fd_dir + fd
         try:
-            if not os.readlink(f"{base}/fd/{fd}").startswith(PREFIX):
+            target = readlink(link)
+            if not target.startswith(PREFIX):
                 continue
-            info = parse_fdinfo(_read(f"{base}/fdinfo/{fd}", 4096))
+            st = fstat(link)
         except FileNotFoundError:
             continue  # closed since listdir
-        except (KeyError, ValueError):
-            continue  # the number now belongs to something that is not a dma-buf
-        seen.infos[info.ino] = info
-        seen.held.setdefault(info.ino, Holder(pid)).fds.append(int(fd))
-    for m in parse_maps(_read(base + "/maps")):
-        holder = seen.held.setdefault(m.inode, Holder(pid))
-        holder.mappings += 1
-        holder.mapped_bytes += m.length
-        seen.names[m.inode] = m.name
-        seen.ranges.setdefault(m.inode, (m.start, m.end))
-    return seen
+        if st.st_mode & 0o170000:
+            continue  # the number now belongs to a file: a dma-buf, an anonymous inode, has no file type
+        held = fds.get(st.st_ino)
+        if held is None:
+            fds[st.st_ino] = [int(fd)]
+            seen[st.st_ino] = (st.st_size, target[len(PREFIX):])
+        else:
+            held.append(int(fd))
+    for m in parse_maps(_read(f"/proc/{pid}/maps")):
+        counts = maps.get(m.inode)
+        if counts is None:
+            maps[m.inode] = [1, m.end - m.start, m.start, m.end]
+            if m.inode not in seen:
+                seen[m.inode] = (None, m.name)
+        else:
+            counts[0] += 1
+            counts[1] += m.end - m.start
+    return fds, seen, maps
+
+
+def _comm(pid: int) -> str | None:
+    """The process's name as the kernel keeps it (/proc/<pid>/comm); None once it has exited."""
+    try:
+        return _read(f"/proc/{pid}/comm").rstrip("\n")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "?"
 
 
 def scan() -> Scan:
@@ -268,80 +302,135 @@ def scan() -> Scan:
     Processes that exit, and fds that close, while being read are skipped;
     the processes this user may not inspect are listed in Scan.denied.
     """
+    with _no_gc():
+        return _scan()
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """Without the cyclic garbage collector: a scan builds many objects and no cycles,
+    and each collection of the older generations would walk them all again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _scan() -> Scan:
     psutil = need("psutil")
     result = Scan()
-    mapped_only = {}  # inode -> (pid, start, end): buffers no fd showed us
+    buffers = result.buffers
+    mapped_only = {}  # inode -> (pid, start, end) of one mapping, to size buffers no fd showed
     for pid in psutil.pids():
         try:
-            seen = _read_process(pid)
+            fds, seen, maps = _read_process(pid)
         except PermissionError:
             result.denied.append(pid)
             continue
         except OSError:
             continue  # it exited (ENOENT, ESRCH) while we read it
-        if not seen.held:
+        if not seen:
             continue
-        try:
-            name = psutil.Process(pid).name()
-        except psutil.NoSuchProcess:
+        name = _comm(pid)
+        if name is None:
             continue  # it exited: it holds nothing any more
-        except psutil.AccessDenied:
-            name = "?"
         result.names[pid] = name
-        for inode, holder in seen.held.items():
-            holder.name = name
-            buf = result.buffer(inode)
-            buf.holders[pid] = holder
-            info = seen.infos.get(inode)
-            if info is not None:
-                buf.size, buf.exporter, buf.name, buf.refs = info.size, info.exp_name, info.name, info.count
-                buf.sources.add("fdinfo")
-            if inode in seen.ranges:
+        for inode, (size, buf_name) in seen.items():
+            buf = buffers.get(inode)
+            if buf is None:
+                buf = buffers[inode] = Buffer(inode)
+            mapped = maps.get(inode)
+            if mapped is None:
+                buf.holders[pid] = Holder(pid, name, fds[inode])
+            else:
+                buf.holders[pid] = Holder(pid, name, fds.get(inode, []), mapped[0], mapped[1])
                 buf.sources.add("maps")
-                if buf.size is None:
-                    buf.name = seen.names[inode]
-                    mapped_only.setdefault(inode, (pid, *seen.ranges[inode]))
+            if size is not None:
+                buf.size, buf.name = size, buf_name
+                buf.sources.add("fd")
+            elif buf.size is None:
+                buf.name = buf_name
+                mapped_only.setdefault(inode, (pid, mapped[2], mapped[3]))
     _add_kernel_views(result)
+    _complete_from_fdinfo(result)
     _size_mapped_only(result, mapped_only)
     return result
 
 
 def _add_kernel_views(result: Scan) -> None:
-    """Complete the picture from debugfs bufinfo and sysfs, where this user can read them."""
+    """Exporters, reference counts and attachments from debugfs bufinfo (and
+    sysfs), where this user can read them; they also list the buffers no
+    visible process holds."""
     mount = debugfs_mount()
-    entries = None
+    rows = ()
     if mount is not None:
         try:
-            entries = parse_bufinfo(_read(os.path.join(mount, "dma_buf", "bufinfo")))
+            rows = bufinfo_rows(_read(os.path.join(mount, "dma_buf", "bufinfo")))
             result.debugfs = "read"
         except FileNotFoundError:
             result.debugfs = "no dma_buf/bufinfo"
         except PermissionError:
             result.debugfs = "not readable (root only)"
-    for entry in entries or ():
-        if entry.ino is None:
+    buffers = result.buffers
+    for size, count, exp_name, ino, name, under in rows:
+        if not ino:
             continue
-        buf = result.buffer(entry.ino)
+        ino = int(ino)
+        buf = buffers.get(ino)
+        if buf is None:
+            buf = buffers[ino] = Buffer(ino)
+        elif buf.size is not None:  # seen through an fd: size and name are known
+            buf.exporter, buf.refs = exp_name, int(count) if count else None
+            buf.sources.add("debugfs")
+            if not under.endswith(_ATTACHED):  # fences or devices under it
+                buf.attached = attached_devices(under)
+            continue
+        buf.size, buf.name = int(size), "" if name == "<none>" else name
+        buf.exporter, buf.refs, buf.attached = exp_name, int(count) if count else None, attached_devices(under)
         buf.sources.add("debugfs")
-        buf.attached = entry.attached
-        if buf.size is None:
-            buf.size, buf.exporter, buf.name, buf.refs = entry.size, entry.exp_name, entry.name, entry.count
     stats = read_sysfs_buffers()
     if stats is not None:
         result.sysfs = "read"
         for inode, (size, exporter) in stats.items():
             buf = result.buffer(inode)
             buf.sources.add("sysfs")
+            if buf.exporter is None:
+                buf.exporter = exporter
             if buf.size is None:
-                buf.size, buf.exporter = size, exporter
+                buf.size = size
+
+
+def _complete_from_fdinfo(result: Scan) -> None:
+    """The exporter and reference count of buffers the kernel views did not give,
+    from the fdinfo of one of their fds; a buffer none of whose fds is still
+    there was freed during the scan and is dropped."""
+    for inode in [i for i, b in result.buffers.items() if b.exporter is None and any(h.fds for h in b.holders.values())]:
+        buf = result.buffers[inode]
+        for holder in buf.holders.values():
+            for fd in holder.fds:
+                try:
+                    info = parse_fdinfo(_read(f"/proc/{holder.pid}/fdinfo/{fd}", 4096))
+                except (OSError, KeyError, ValueError):
+                    continue
+                if info.ino == inode:
+                    buf.exporter, buf.refs, buf.name = info.exp_name, info.count, info.name
+                    buf.sources.add("fdinfo")
+                    break
+            if buf.exporter is not None:
+                break
+        else:
+            del result.buffers[inode]
 
 
 def _size_mapped_only(result: Scan, mapped_only: dict) -> None:
     """The size of a buffer seen only in maps, from /proc/<pid>/map_files (stat
     follows the link to the dma-buf's inode; the kernel allows it to root only)."""
     for inode, (pid, start, end) in mapped_only.items():
-        buf = result.buffers[inode]
-        if buf.size is not None:
+        buf = result.buffers.get(inode)
+        if buf is None or buf.size is not None:
             continue
         try:
             st = os.stat(f"/proc/{pid}/map_files/{start:x}-{end:x}")
@@ -354,42 +443,54 @@ def _size_mapped_only(result: Scan, mapped_only: dict) -> None:
 
 # -- reports ---------------------------------------------------------------------
 
-def _holder_json(h: Holder) -> dict:
-    return {"pid": h.pid, "name": h.name, "fds": sorted(h.fds), "mappings": h.mappings,
-            "mapped_bytes": h.mapped_bytes}
-
-
 def report(result: Scan, pids=None) -> dict:
-    """The scan as one JSON-ready document (restricted to buffers `pids` hold, if given)."""
+    """The scan as one JSON-ready document (restricted to the buffers `pids` hold, if given)."""
+    with _no_gc():
+        return _report(result, pids)
+
+
+def _report(result: Scan, pids) -> dict:
     wanted = set(pids) if pids else None
-    buffers = sorted((b for b in result.buffers.values() if wanted is None or wanted & b.holders.keys()),
-                     key=lambda b: b.inode)
-    processes = {}
-    for buf in buffers:
-        for pid, h in buf.holders.items():
-            if wanted is not None and pid not in wanted:
-                continue
-            entry = processes.setdefault(pid, {"pid": pid, "name": h.name, "buffers": [], "buffer_count": 0,
-                                               "bytes": 0})
-            entry["buffers"].append({"inode": buf.inode, "size": buf.size, "exporter": buf.exporter,
-                                     "name": buf.name, **{k: v for k, v in _holder_json(h).items()
-                                                          if k not in ("pid", "name")}})
-            entry["buffer_count"] += 1
-            entry["bytes"] += buf.size or 0
-    exporters = {}
-    for buf in buffers:
-        total = exporters.setdefault(buf.exporter or "(unknown)", {"buffers": 0, "bytes": 0})
+    buffers, processes, exporters = [], {}, {}
+    total_bytes = unknown = 0
+    for inode in sorted(result.buffers):
+        b = result.buffers[inode]
+        if wanted is not None and not wanted & b.holders.keys():
+            continue
+        size = b.size
+        holders = []
+        for pid in (sorted(b.holders) if len(b.holders) > 1 else b.holders):
+            h = b.holders[pid]
+            fds = sorted(h.fds) if len(h.fds) > 1 else h.fds
+            holders.append({"pid": pid, "name": h.name, "fds": fds, "mappings": h.mappings,
+                            "mapped_bytes": h.mapped_bytes})
+            if wanted is None or pid in wanted:
+                p = processes.get(pid)
+                if p is None:
+                    p = processes[pid] = {"pid": pid, "name": h.name, "buffers": [], "buffer_count": 0, "bytes": 0}
+                p["buffers"].append({"inode": inode, "size": size, "exporter": b.exporter, "name": b.name, "fds": fds,
+                                     "mappings": h.mappings, "mapped_bytes": h.mapped_bytes})
+                p["buffer_count"] += 1
+                p["bytes"] += size or 0
+        buffers.append({"inode": inode, "size": size, "exporter": b.exporter, "name": b.name, "refs": b.refs,
+                        "attached": list(b.attached), "sources": sorted(b.sources), "processes": holders})
+        total = exporters.get(b.exporter or "(unknown)")
+        if total is None:
+            total = exporters[b.exporter or "(unknown)"] = {"buffers": 0, "bytes": 0}
         total["buffers"] += 1
-        total["bytes"] += buf.size or 0
+        if size is None:
+            unknown += 1
+        else:
+            total["bytes"] += size
+            total_bytes += size
     return {
         "kernel": os.uname().release,
+        "uid": os.geteuid(),
         "processes": [processes[pid] for pid in sorted(processes)],
-        "buffers": [{"inode": b.inode, "size": b.size, "exporter": b.exporter, "name": b.name, "refs": b.refs,
-                     "attached": list(b.attached), "sources": sorted(b.sources),
-                     "processes": [_holder_json(b.holders[pid]) for pid in sorted(b.holders)]} for b in buffers],
+        "buffers": buffers,
         "exporters": dict(sorted(exporters.items())),
-        "totals": {"buffers": len(buffers), "bytes": sum(b.size or 0 for b in buffers),
-                   "unknown_size": sum(1 for b in buffers if b.size is None), "processes": len(processes)},
+        "totals": {"buffers": len(buffers), "bytes": total_bytes, "unknown_size": unknown,
+                   "processes": len(processes)},
         "uninspectable_processes": len(result.denied),
         "sources": {"procfs": "read", "debugfs": result.debugfs, "sysfs": result.sysfs},
     }
@@ -400,15 +501,14 @@ def _fds(fds: list) -> str:
 
 
 def print_text(doc: dict, out=None) -> None:
-    """The report for people (to `out`, default stdout)."""
-    out = out or sys.stdout
+    """The report for people (to `out`, default stdout), written at once."""
     totals = doc["totals"]
-    say = lambda line="": print(line, file=out)
-    say(f"dma-bufs on Linux {doc['kernel']}: {plural(totals['buffers'], 'buffer')}, {human(totals['bytes'])}, "
-        f"held by {plural(totals['processes'], 'process')}")
+    lines = [f"dma-bufs on Linux {doc['kernel']}: {plural(totals['buffers'], 'buffer')}, {human(totals['bytes'])}, "
+             f"held by {plural(totals['processes'], 'process')}"]
+    say = lines.append
     if doc["uninspectable_processes"]:
-        say(f"({plural(doc['uninspectable_processes'], 'process')} could not be inspected by this user: "
-            "run as root to see their buffers)")
+        say(f"({plural(doc['uninspectable_processes'], 'process')} could not be inspected by this user: " +
+            ("run as root to see their buffers)" if doc["uid"] else "the kernel refuses even root there)"))
     if totals["unknown_size"]:
         say(f"({plural(totals['unknown_size'], 'buffer')} only mapped, of a size this user cannot see: "
             "root reads it from debugfs or /proc/<pid>/map_files)")
@@ -418,26 +518,25 @@ def print_text(doc: dict, out=None) -> None:
             "held by the kernel or by processes we may not inspect)")
     if doc["sources"]["debugfs"] != "read":
         say(f"(debugfs dma_buf/bufinfo: {doc['sources']['debugfs']})")
-    row = "  {:>8}  {:>10}  {:<18} {:>8} {:>5}  {}"
     for p in doc["processes"]:
-        say()
+        say("")
         say(f"PID {p['pid']} {p['name']}: {plural(p['buffer_count'], 'buffer')}, {human(p['bytes'])}")
-        say(row.format("inode", "size", "exporter", "fds", "maps", "name"))
+        say(f"  {'inode':>8}  {'size':>10}  {'exporter':<18} {'fds':>8} {'maps':>5}  name")
         for b in p["buffers"]:
-            say(row.format(b["inode"], kib(b["size"]), b["exporter"] or "?", _fds(b["fds"]), b["mappings"], b["name"]))
+            say(f"  {b['inode']:>8}  {kib(b['size']):>10}  {b['exporter'] or '?':<18} {_fds(b['fds']):>8} "
+                f"{b['mappings']:>5}  {b['name']}")
     if doc["buffers"]:
-        say()
+        say("")
         say("Buffers, each once:")
-        say("  {:>8}  {:>10}  {:<18} {:>5}  {:<16} {}".format("inode", "size", "exporter", "refs", "name", "held by"))
+        say(f"  {'inode':>8}  {'size':>10}  {'exporter':<18} {'refs':>5}  {'name':<16} held by")
         for b in doc["buffers"]:
             held = ", ".join(f"{h['pid']} {h['name']} (fds {_fds(h['fds'])}; maps {h['mappings']})"
                              for h in b["processes"]) or "no visible process"
             if b["attached"]:
                 held += "; attached: " + ", ".join(b["attached"])
-            say("  {:>8}  {:>10}  {:<18} {:>5}  {:<16} {}".format(
-                b["inode"], kib(b["size"]), b["exporter"] or "?", "?" if b["refs"] is None else b["refs"],
-                b["name"], held))
-    say()
+            refs = "?" if b["refs"] is None else b["refs"]
+            say(f"  {b['inode']:>8}  {kib(b['size']):>10}  {b['exporter'] or '?':<18} {refs:>5}  {b['name']:<16} {held}")
+    say("")
     say("By exporter:")
     for name, t in doc["exporters"].items():
         say(f"  {name:<20} {t['buffers']:>6} buffers  {human(t['bytes']):>10}")
@@ -445,7 +544,8 @@ def print_text(doc: dict, out=None) -> None:
     if doc["processes"]:
         say("By process:")
         for p in doc["processes"]:
-            say(f"  {p['pid']:>7} {p['name']:<12} {p['buffer_count']:>6} buffers  {human(p['bytes']):>10}")
+            say(f"  {p['pid']:>7} {p['name']:<15} {p['buffer_count']:>6} buffers  {human(p['bytes']):>10}")
+    (out or sys.stdout).write("\n".join(lines) + "\n")
 
 
 CSV_COLUMNS = ("pid", "process", "inode", "size", "exporter", "name", "fds", "mappings", "mapped_bytes", "refs")
@@ -494,7 +594,7 @@ def main(argv=None) -> int:
 
     def output():
         if args.json:
-            json.dump(doc, sys.stdout, indent=1)
+            sys.stdout.write(json.dumps(doc))  # one line, one write: the C encoder (indent would use Python's)
             print()
         elif args.csv:
             print_csv(doc)
