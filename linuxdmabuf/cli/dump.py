@@ -539,12 +539,12 @@ def print_text(doc: dict, out=None) -> None:
     say("")
     say("By exporter:")
     for name, t in doc["exporters"].items():
-        say(f"  {name:<20} {t['buffers']:>6} buffers  {human(t['bytes']):>10}")
-    say(f"  {'total':<20} {totals['buffers']:>6} buffers  {human(totals['bytes']):>10}")
+        say(f"  {name:<20} {plural(t['buffers'], 'buffer'):>14}  {human(t['bytes']):>10}")
+    say(f"  {'total':<20} {plural(totals['buffers'], 'buffer'):>14}  {human(totals['bytes']):>10}")
     if doc["processes"]:
         say("By process:")
         for p in doc["processes"]:
-            say(f"  {p['pid']:>7} {p['name']:<15} {p['buffer_count']:>6} buffers  {human(p['bytes']):>10}")
+            say(f"  {p['pid']:>7} {p['name']:<12} {plural(p['buffer_count'], 'buffer'):>14}  {human(p['bytes']):>10}")
     (out or sys.stdout).write("\n".join(lines) + "\n")
 
 

@@ -99,25 +99,35 @@ def _node(path: str) -> dict:
             "filemode": stat.filemode(st.st_mode), "others": others, "acl": acl}
 
 
-def access_fix(path: str, device: str) -> str:
-    """What lets this user open `path` ("udmabuf" or "dma_heap"), judged from its group and mode."""
+def access_fix(path: str) -> str:
+    """What lets this user open the device node `path`, judged from its group and mode.
+
+    The text names no path, so that one fix serves every node it applies to.
+    """
     st = os.stat(path)
     user = _user_name(os.geteuid())
     group = _group_name(st.st_gid)
     if st.st_gid != 0 and st.st_mode & stat.S_IRGRP:
         if st.st_gid in os.getgroups() or st.st_gid == os.getegid():
-            return (f"this process is in group {group}, which may open {path}, and is still refused: an ACL or a "
-                    f"security module denies it (getfacl {path}; the audit log)")
+            return (f"this process is in group {group}, which may open it, and is still refused: an ACL or a "
+                    "security module denies it (see getfacl and the audit log)")
         try:
             member = user in grp.getgrgid(st.st_gid).gr_mem or pwd.getpwnam(user).pw_gid == st.st_gid
         except KeyError:
             member = False
         if member:
-            return (f"you are in group {group}, which may open {path}, but this login session started before "
+            return (f"you are in group {group}, which may open it, but this login session started before "
                     f"you were added: log out and in again (or run `newgrp {group}`)")
-        return f"join group {group}, which may open {path}: sudo usermod -aG {group} {user}, then log in again"
-    return (f"let a group open it with a udev rule: {SETUP} writes {RULES_FILE} with `{udev_rule(device)}` "
-            f"and adds you to group video; log in again afterwards")
+        return f"join group {group}, which may open it: sudo usermod -aG {group} {user}, then log in again"
+    return (f"let a group open it with udev rules: {SETUP} writes {RULES_FILE} with `{udev_rule('udmabuf')}` "
+            f"and `{udev_rule('dma_heap')}` and adds you to group video; log in again afterwards")
+
+
+def _short(error) -> str | None:
+    """An OSError as the kernel's words ("Permission denied"), without the library's advice."""
+    if error is None:
+        return None
+    return os.strerror(error.errno) if error.errno else str(error)
 
 
 def _try(call) -> tuple:
@@ -136,12 +146,12 @@ def _probe_device(open_device) -> dict:
 
     device, error = _try(open_device)
     found = {"can_open": device is not None, "can_allocate": False, "kind": None,
-             "denied": isinstance(error, PermissionError), "error": error and error.strerror}
+             "denied": isinstance(error, PermissionError), "error": _short(error)}
     if device is None:
         return found
     with device:
         buf, error = _try(lambda: device.allocate(PAGE_SIZE))
-        found["error"] = error and error.strerror
+        found["error"] = _short(error)
         if buf is not None:
             buf.close()
             found["can_allocate"] = True
@@ -185,8 +195,10 @@ def collect() -> dict:
     config, config_source = kernel_config()
     fixes = []
 
-    def fix(problem, remedy, blocking=False):
-        fixes.append({"problem": problem, "fix": remedy, "blocks_allocation": blocking})
+    def fix(problem, remedy, blocking=False, paths=()):
+        fixes.append({"problem": problem, "fix": remedy, "blocks_allocation": blocking, "paths": list(paths)})
+
+    denied, root_only = {}, {}  # remedy -> device nodes: one fix for all the nodes it serves
 
     heaps = []
     for name in linuxdmabuf.Heap.available():
@@ -203,16 +215,16 @@ def collect() -> dict:
     elif not heaps:
         fix(f"{HEAP_DIR} is empty", "modprobe system_heap, or CONFIG_DMABUF_HEAPS_SYSTEM=y", blocking=True)
     for heap in heaps:
-        if not heap["can_open"]:
-            fix(f"this user may not open {heap['path']}: {heap['error']}",
-                access_fix(heap["path"], "dma_heap") if heap["denied"] else "see the kernel log (dmesg)",
-                blocking=True)
-        elif heap["can_open"] and not heap["can_allocate"]:
+        if heap["denied"]:
+            denied.setdefault(access_fix(heap["path"]), []).append(heap["path"])
+        elif not heap["can_open"]:
+            fix(f"{heap['path']} does not open: {heap['error']}", "see the kernel log (dmesg)", True, [heap["path"]])
+        elif not heap["can_allocate"]:
             fix(f"{heap['path']} opens but does not allocate a page: {heap['error']}",
-                "a CMA heap needs free CMA memory (CmaFree in /proc/meminfo)" if heap["kind"] != "system" else
-                "check free memory and the kernel log (dmesg)")
+                "a CMA heap needs free CMA memory (CmaFree in /proc/meminfo); otherwise see the kernel log (dmesg)",
+                paths=[heap["path"]])
         elif os.geteuid() == 0 and heap["others"] == "root only":
-            fix(f"only root may open {heap['path']}", access_fix(heap["path"], "dma_heap"))
+            root_only.setdefault(access_fix(heap["path"]), []).append(heap["path"])
     if heaps and not any(h["kind"] == "cma" for h in heaps) and all(h["can_open"] for h in heaps):
         cma_total = _meminfo("CmaTotal")
         if config.get("CONFIG_DMABUF_HEAPS_CMA") in ("y", "m") and not cma_total:
@@ -228,14 +240,15 @@ def collect() -> dict:
     if udmabuf["present"]:
         udmabuf.update(_node(DEVICE))
         udmabuf.update(_probe_device(linuxdmabuf.Udmabuf))
-        if not udmabuf["can_open"]:
-            fix(f"this user may not open {DEVICE}: {udmabuf['error']}",
-                access_fix(DEVICE, "udmabuf") if udmabuf["denied"] else "see the kernel log (dmesg)", blocking=True)
+        if udmabuf["denied"]:
+            denied.setdefault(access_fix(DEVICE), []).append(DEVICE)
+        elif not udmabuf["can_open"]:
+            fix(f"{DEVICE} does not open: {udmabuf['error']}", "see the kernel log (dmesg)", True, [DEVICE])
         elif not udmabuf["can_allocate"]:
             fix(f"{DEVICE} opens but does not allocate a page: {udmabuf['error']}",
-                "check free memory, memfd_create and the kernel log (dmesg)", blocking=True)
+                "check free memory, memfd_create and the kernel log (dmesg)", True, [DEVICE])
         elif os.geteuid() == 0 and udmabuf["others"] == "root only":
-            fix(f"only root may open {DEVICE}", access_fix(DEVICE, "udmabuf"))
+            root_only.setdefault(access_fix(DEVICE), []).append(DEVICE)
     elif udmabuf["module"] == "module, not loaded":
         fix(f"no {DEVICE}: the udmabuf module is not loaded",
             f"sudo modprobe udmabuf (or {SETUP}, which also grants access)", blocking=True)
@@ -245,6 +258,11 @@ def collect() -> dict:
     else:
         fix(f"no {DEVICE}: this kernel has no udmabuf", "a kernel with CONFIG_UDMABUF=y (Linux 4.20+)",
             blocking=True)
+
+    for remedy, paths in denied.items():
+        fix(f"this user may not open {', '.join(paths)} (Permission denied)", remedy, True, paths)
+    for remedy, paths in root_only.items():
+        fix(f"only root may open {', '.join(paths)}", remedy, False, paths)
 
     mount = debugfs_mount()
     bufinfo = os.path.join(mount, "dma_buf", "bufinfo") if mount else None
