@@ -24,7 +24,6 @@ import gc
 import json
 import os
 import re
-import stat
 import sys
 from typing import NamedTuple
 

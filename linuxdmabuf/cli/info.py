@@ -119,7 +119,7 @@ def access_fix(path: str) -> str:
             return (f"you are in group {group}, which may open it, but this login session started before "
                     f"you were added: log out and in again (or run `newgrp {group}`)")
         return f"join group {group}, which may open it: sudo usermod -aG {group} {user}, then log in again"
-    return (f"let a group open it with udev rules: {SETUP} writes {RULES_FILE} with `{udev_rule('udmabuf')}` "
+    return (f"give a group access with udev rules: {SETUP} writes {RULES_FILE} with `{udev_rule('udmabuf')}` "
             f"and `{udev_rule('dma_heap')}` and adds you to group video; log in again afterwards")
 
 
@@ -341,7 +341,7 @@ def print_text(doc: dict, out=None) -> None:
         say(f"dma-heaps in {heaps['path']}:")
         width = max([len(h["name"]) for h in heaps["heaps"]] + [4])
         for h in heaps["heaps"]:
-            say(f"  {h['name']:<{width}}  {_node_text(h)}  kind: {h['kind'] or '? (open it to find out)'}")
+            say(f"  {h['name']:<{width}}  {_node_text(h)}  kind: {h['kind'] or '? (only who may open it can tell)'}")
     u = doc["udmabuf"]
     if u["present"]:
         say(f"udmabuf: {u['path']}  {_node_text(u)}")
