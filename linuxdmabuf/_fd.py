@@ -13,15 +13,27 @@ import weakref
 from ._sys import UnsupportedError, check_fd, fd_target, os_error
 
 
-def _collect(cls_name: str, fd: int) -> None:
-    warnings.warn(f"unclosed {cls_name} fd={fd}", ResourceWarning, stacklevel=2)
-    os.close(fd)
+# The objects that are open now: a weak reference to each -> (class name, fd).
+# When one is collected while still open, the weak reference's callback closes
+# its fd with a ResourceWarning, like an unclosed file. This is what
+# weakref.finalize does, without its per-object bookkeeping (atexit registry,
+# sequence numbers, info objects), which cost as much as a whole
+# DMA_HEAP_IOCTL_ALLOC under TCG (BENCHMARKS.md).
+_open = {}
+
+
+def _collected(ref, _open=_open, _close=os.close, _warn=warnings.warn) -> None:
+    entry = _open.pop(ref, None)
+    if entry is not None:
+        cls_name, fd = entry
+        _warn(f"unclosed {cls_name} fd={fd}", ResourceWarning, stacklevel=2)
+        _close(fd)
 
 
 class FdObject:
     """Owns one file descriptor. Subclasses define ``_validate(fd)``."""
 
-    __slots__ = ("_fd", "_finalizer", "__weakref__")
+    __slots__ = ("_fd", "_ref", "__weakref__")
 
     def __init__(self, fd: int):
         """Adopt `fd`: the object owns it and closes it.
@@ -36,8 +48,8 @@ class FdObject:
 
     def _adopt(self, fd: int) -> None:
         self._fd = fd
-        self._finalizer = weakref.finalize(self, _collect, type(self).__name__, fd)
-        self._finalizer.atexit = False
+        self._ref = ref = weakref.ref(self, _collected)
+        _open[ref] = (type(self).__name__, fd)
 
     @classmethod
     def _wrap(cls, fd: int):
@@ -135,15 +147,15 @@ class FdObject:
             return
         self._fd = -1  # first: no other thread or later call can see the number again
         try:
-            self._finalizer.detach()
+            _open.pop(self._ref, None)
         finally:
             os.close(fd)
 
     def detach(self) -> int:
         """Give the fd back to the caller without closing it; the object becomes closed."""
         fd = self.fileno()
-        self._finalizer.detach()
         self._fd = -1
+        _open.pop(self._ref, None)
         return fd
 
     def dup(self):

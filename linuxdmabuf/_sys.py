@@ -35,6 +35,19 @@ def os_error(err: int, what: str, fix: str = "") -> OSError:
     return OSError(err, message)
 
 
+# glibc declares ioctl() variadic (cdefs/libc.h). Where the C calling
+# convention passes (int, unsigned long, pointer) to a variadic function
+# exactly as to a fixed one -- x86-64 (libffi sets %al on every call), i386,
+# arm, aarch64, riscv64 -- it is called through a fixed prototype, which
+# spares cffi's ABI mode its per-call handling of variadic arguments: about a
+# fifth of a SYNC pair's cost under TCG (BENCHMARKS.md). Elsewhere (powerpc64's
+# parameter save area, s390x...) the variadic declaration is used as it is.
+if os.uname().machine in ("x86_64", "i386", "i686", "aarch64", "riscv64") or os.uname().machine.startswith("armv"):
+    raw_ioctl = ffi.cast("int (*)(int, unsigned long, void *)", lib.ioctl)
+else:
+    raw_ioctl = lib.ioctl
+
+
 def ioctl(fd: int, request: int, arg, what: str, fixes=None) -> int:
     """ioctl(2); returns its non-negative result.
 
@@ -43,7 +56,7 @@ def ioctl(fd: int, request: int, arg, what: str, fixes=None) -> int:
     to the hint added to the exception's message.
     """
     while True:
-        ret = lib.ioctl(fd, request, arg)
+        ret = raw_ioctl(fd, request, arg)
         if ret >= 0:
             return ret
         err = ffi.errno
@@ -51,13 +64,17 @@ def ioctl(fd: int, request: int, arg, what: str, fixes=None) -> int:
             raise os_error(err, what, fixes.get(err, "") if fixes else "")
 
 
-def ioctl_restart(fd: int, request: int, arg, what: str) -> None:
-    """ioctl(2) for calls the kernel asks to restart on EINTR *and* EAGAIN
-    (DMA_BUF_IOCTL_SYNC: Documentation/driver-api/dma-buf.rst)."""
-    while lib.ioctl(fd, request, arg) < 0:
+def restart_failed_ioctl(fd: int, request: int, arg, what: str) -> None:
+    """Called right after `raw_ioctl(fd, request, arg)` failed, for calls the
+    kernel asks to restart on EINTR *and* EAGAIN (DMA_BUF_IOCTL_SYNC:
+    Documentation/driver-api/dma-buf.rst): restart it until it succeeds,
+    or raise its error."""
+    err = ffi.errno
+    while err == errno.EINTR or err == errno.EAGAIN:
+        if raw_ioctl(fd, request, arg) >= 0:
+            return
         err = ffi.errno
-        if err != errno.EINTR and err != errno.EAGAIN:
-            raise os_error(err, what)
+    raise os_error(err, what)
 
 
 _FOREVER = 2**53  # seconds: about 285 million years

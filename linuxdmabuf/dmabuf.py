@@ -8,32 +8,37 @@ from dataclasses import dataclass
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import check_timeout, encode_name, fd_target, ioctl, ioctl_restart, poll_fd
+from ._sys import check_timeout, encode_name, fd_target, ioctl, poll_fd, raw_ioctl, restart_failed_ioctl
 from ._uapi import PAGE_SIZE, ffi
 from .syncfile import SyncFile, check_sync_file, wait_readable_async
 
 _READ = _uapi.DMA_BUF_SYNC_READ
 _WRITE = _uapi.DMA_BUF_SYNC_WRITE
+_SYNC = _uapi.DMA_BUF_IOCTL_SYNC
 
 
-def _sync_args():
-    """The kernel only reads struct dma_buf_sync: one constant per flag value serves every call."""
-    args = {}
-    for flags in range(_uapi.DMA_BUF_SYNC_VALID_FLAGS_MASK + 1):
-        arg = ffi.new("struct dma_buf_sync *")
-        arg.flags = flags
-        args[flags] = arg
-    return args
+def _sync_args(when: int) -> tuple:
+    """struct dma_buf_sync for START or END, indexed by the access flags READ (1) | WRITE (2).
+
+    The kernel only reads it, so one constant per flag value serves every
+    call, from every thread: DMA_BUF_IOCTL_SYNC allocates nothing per call.
+    """
+    return (None, *(ffi.new("struct dma_buf_sync *", {"flags": when | access})
+                    for access in (_READ, _WRITE, _READ | _WRITE)))
 
 
-_SYNC_ARGS = _sync_args()
+_START = _sync_args(_uapi.DMA_BUF_SYNC_START)
+_END = _sync_args(_uapi.DMA_BUF_SYNC_END)
+_NO_ACCESS = "CPU access must include read, write or both"
 
 
-def _access_flags(read: bool, write: bool) -> int:
-    flags = (_READ if read else 0) | (_WRITE if write else 0)
-    if not flags:
-        raise ValueError("CPU access must include read, write or both")
-    return flags
+def _sync(buf: "DmaBuf", arg) -> None:
+    """DMA_BUF_IOCTL_SYNC with a prebuilt argument, restarted on EINTR/EAGAIN."""
+    fd = buf._fd
+    if fd < 0:
+        raise buf._closed_error()
+    if raw_ioctl(fd, _SYNC, arg) < 0:
+        restart_failed_ioctl(fd, _SYNC, arg, "DMA_BUF_IOCTL_SYNC")
 
 
 @dataclass(frozen=True)
@@ -75,21 +80,20 @@ def parse_fdinfo(text: str) -> DmaBufInfo:
                       pos=int(fields.get("pos", 0)), mnt_id=int(fields.get("mnt_id", 0)))
 
 
-class _CpuAccess:
-    """``with buf.cpu_access():`` -- DMA_BUF_IOCTL_SYNC START on entry, END on exit."""
+class _CpuAccess(tuple):
+    """``with buf.cpu_access():`` -- DMA_BUF_IOCTL_SYNC START on entry, END on exit.
 
-    __slots__ = ("_buf", "_flags")
+    A (buffer, START argument, END argument) tuple: made in C, no __init__.
+    """
 
-    def __init__(self, buf: "DmaBuf", flags: int):
-        self._buf = buf
-        self._flags = flags
+    __slots__ = ()
 
     def __enter__(self):
-        self._buf._sync(self._flags)
-        return self._buf
+        _sync(self[0], self[1])
+        return self[0]
 
     def __exit__(self, *exc_info) -> None:
-        self._buf._sync(self._flags | _uapi.DMA_BUF_SYNC_END)
+        _sync(self[0], self[2])
 
 
 class DmaBuf(FdObject):
@@ -170,9 +174,6 @@ class DmaBuf(FdObject):
 
     # -- CPU access ----------------------------------------------------------
 
-    def _sync(self, flags: int) -> None:
-        ioctl_restart(self.fileno(), _uapi.DMA_BUF_IOCTL_SYNC, _SYNC_ARGS[flags], "DMA_BUF_IOCTL_SYNC")
-
     def sync_start(self, *, read: bool = True, write: bool = True) -> None:
         """DMA_BUF_IOCTL_SYNC START: begin CPU access through a mapping.
 
@@ -182,7 +183,10 @@ class DmaBuf(FdObject):
         released meanwhile; EINTR/EAGAIN restart the call, as the kernel
         asks. Always pair with sync_end(), or use cpu_access().
         """
-        self._sync(_access_flags(read, write))
+        arg = _START[(1 if read else 0) | (2 if write else 0)]
+        if arg is None:
+            raise ValueError(_NO_ACCESS)
+        _sync(self, arg)
 
     def sync_end(self, *, read: bool = True, write: bool = True) -> None:
         """DMA_BUF_IOCTL_SYNC END: CPU access through a mapping is over.
@@ -190,11 +194,17 @@ class DmaBuf(FdObject):
         The flags should match sync_start()'s. udmabuf answers EINVAL to an
         END before any START on the buffer.
         """
-        self._sync(_access_flags(read, write) | _uapi.DMA_BUF_SYNC_END)
+        arg = _END[(1 if read else 0) | (2 if write else 0)]
+        if arg is None:
+            raise ValueError(_NO_ACCESS)
+        _sync(self, arg)
 
     def cpu_access(self, *, read: bool = True, write: bool = True) -> _CpuAccess:
         """``with buf.cpu_access(read=..., write=...):`` -- START on entry, END on exit, also on exception."""
-        return _CpuAccess(self, _access_flags(read, write))
+        access = (1 if read else 0) | (2 if write else 0)
+        if not access:
+            raise ValueError(_NO_ACCESS)
+        return _CpuAccess((self, _START[access], _END[access]))
 
     def map(self, offset: int = 0, length: int | None = None, *, writable: bool | None = None) -> mmap.mmap:
         """A shared mapping of the buffer as a stdlib ``mmap.mmap``.

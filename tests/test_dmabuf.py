@@ -164,13 +164,13 @@ def test_read_write_helpers(make_buf):
 
 def _recording_syncs(monkeypatch):
     calls = []
-    real = dmabuf_module.ioctl_restart
+    real = dmabuf_module.raw_ioctl
 
-    def record(fd, request, arg, what):
+    def record(fd, request, arg):
         calls.append(arg.flags)
-        return real(fd, request, arg, what)
+        return real(fd, request, arg)
 
-    monkeypatch.setattr(dmabuf_module, "ioctl_restart", record)
+    monkeypatch.setattr(dmabuf_module, "raw_ioctl", record)
     return calls
 
 

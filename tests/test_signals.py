@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import linuxdmabuf.dmabuf
 from linuxdmabuf import _sys
 
 PAGE = 4096
@@ -85,30 +86,28 @@ def test_wait_sees_the_fence_signal_during_a_sigalrm_storm(busy, kind):
     assert result is True and alarms.hits >= 3 and 0.25 <= elapsed < 0.3 + 5
 
 
-class CountingLib:
-    """Stands in for the cffi lib in _sys: counts ioctl calls on one fd, and EINTR failures."""
+class CountingIoctl:
+    """Stands in for the binding's raw ioctl(): counts calls on one fd, and EINTR failures."""
 
     def __init__(self, real, fd):
         self.real, self.fd, self.calls, self.eintr = real, fd, 0, 0
 
-    def ioctl(self, fd, *args):
-        ret = self.real.ioctl(fd, *args)
+    def __call__(self, fd, *args):
+        ret = self.real(fd, *args)
         if fd == self.fd:
             self.calls += 1
             if ret < 0 and _sys.ffi.errno == errno.EINTR:
                 self.eintr += 1
         return ret
 
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
 
 def test_blocked_sync_start_is_restarted_after_eintr(busy, monkeypatch):
     """SYNC START waits, interruptibly, for the write fence; each SIGALRM makes the ioctl
     fail with EINTR, and sync_start issues it again until the fence signals."""
     buf, fence, timeline = busy
-    lib = CountingLib(_sys.lib, buf.fileno())
-    monkeypatch.setattr(_sys, "lib", lib)
+    lib = CountingIoctl(_sys.raw_ioctl, buf.fileno())
+    monkeypatch.setattr(_sys, "raw_ioctl", lib)
+    monkeypatch.setattr(linuxdmabuf.dmabuf, "raw_ioctl", lib)
     timer = threading.Timer(0.5, timeline.advance)
     with Alarms(0.02) as alarms:
         timer.start()
