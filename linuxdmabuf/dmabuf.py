@@ -89,11 +89,21 @@ class _CpuAccess(tuple):
     __slots__ = ()
 
     def __enter__(self):
-        _sync(self[0], self[1])
-        return self[0]
+        buf, start, _ = self
+        fd = buf._fd  # _sync() inlined: this is a frame loop's hottest path
+        if fd < 0:
+            raise buf._closed_error()
+        if raw_ioctl(fd, _SYNC, start) < 0:
+            restart_failed_ioctl(fd, _SYNC, start, "DMA_BUF_IOCTL_SYNC")
+        return buf
 
-    def __exit__(self, *exc_info) -> None:
-        _sync(self[0], self[2])
+    def __exit__(self, exc_type, exc, tb) -> None:
+        buf, _, end = self
+        fd = buf._fd
+        if fd < 0:
+            raise buf._closed_error()
+        if raw_ioctl(fd, _SYNC, end) < 0:
+            restart_failed_ioctl(fd, _SYNC, end, "DMA_BUF_IOCTL_SYNC")
 
 
 class DmaBuf(FdObject):
