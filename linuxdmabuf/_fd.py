@@ -54,7 +54,7 @@ class FdObject:
     @classmethod
     def _wrap(cls, fd: int):
         """An object owning `fd`, which the kernel just created for us (no checks)."""
-        self = cls.__new__(cls)
+        self = object.__new__(cls)
         self._adopt(fd)
         return self
 

@@ -49,32 +49,29 @@ else:
 
 
 def ioctl(fd: int, request: int, arg, what: str, fixes=None) -> int:
-    """ioctl(2); returns its non-negative result.
+    """ioctl(2); returns its non-negative result, or raises for `what` (see ioctl_failed)."""
+    ret = raw_ioctl(fd, request, arg)
+    return ret if ret >= 0 else ioctl_failed(fd, request, arg, what, fixes)
 
-    Retries ``EINTR`` (the call did nothing and Python's signal handlers have
-    run in between, as PEP 475 does for os functions). `fixes` maps an errno
-    to the hint added to the exception's message.
+
+def ioctl_failed(fd: int, request: int, arg, what: str, fixes=None, again: bool = False) -> int:
+    """Called right after `raw_ioctl(fd, request, arg)` returned -1.
+
+    Restarts the call on EINTR -- it did nothing, and Python's signal handlers
+    have run in between, as PEP 475 does for os functions -- and also on
+    EAGAIN with `again` (DMA_BUF_IOCTL_SYNC: Documentation/driver-api/
+    dma-buf.rst asks for both); returns its result once it succeeds. Else
+    raises os_error() for `what`, with the hint `fixes` maps the errno to.
+    Hot paths call raw_ioctl() themselves and build `what` only here, on
+    failure.
     """
-    while True:
+    err = ffi.errno
+    while err == errno.EINTR or (again and err == errno.EAGAIN):
         ret = raw_ioctl(fd, request, arg)
         if ret >= 0:
             return ret
         err = ffi.errno
-        if err != errno.EINTR:
-            raise os_error(err, what, fixes.get(err, "") if fixes else "")
-
-
-def restart_failed_ioctl(fd: int, request: int, arg, what: str) -> None:
-    """Called right after `raw_ioctl(fd, request, arg)` failed, for calls the
-    kernel asks to restart on EINTR *and* EAGAIN (DMA_BUF_IOCTL_SYNC:
-    Documentation/driver-api/dma-buf.rst): restart it until it succeeds,
-    or raise its error."""
-    err = ffi.errno
-    while err == errno.EINTR or err == errno.EAGAIN:
-        if raw_ioctl(fd, request, arg) >= 0:
-            return
-        err = ffi.errno
-    raise os_error(err, what)
+    raise os_error(err, what, fixes.get(err, "") if fixes else "")
 
 
 _FOREVER = 2**53  # seconds: about 285 million years

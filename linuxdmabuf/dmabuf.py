@@ -4,17 +4,21 @@ import mmap
 import os
 import select
 import stat
-from dataclasses import dataclass
+from collections import namedtuple
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import check_timeout, encode_name, fd_target, ioctl, poll_fd, raw_ioctl, restart_failed_ioctl
+from ._sys import check_timeout, encode_name, fd_target, ioctl, ioctl_failed, poll_fd, raw_ioctl
 from ._uapi import PAGE_SIZE, ffi
 from .syncfile import SyncFile, check_sync_file, wait_readable_async
 
 _READ = _uapi.DMA_BUF_SYNC_READ
 _WRITE = _uapi.DMA_BUF_SYNC_WRITE
 _SYNC = _uapi.DMA_BUF_IOCTL_SYNC
+_EXPORT = _uapi.DMA_BUF_IOCTL_EXPORT_SYNC_FILE
+_IMPORT = _uapi.DMA_BUF_IOCTL_IMPORT_SYNC_FILE
+_EXPORT_ARG = ffi.typeof("struct dma_buf_export_sync_file *")
+_EXPORT_FIXES = {errno.ENOTTY: "implicit fences as sync_files need Linux 6.0 or later with CONFIG_SYNC_FILE"}
 
 
 def _sync_args(when: int) -> tuple:
@@ -38,26 +42,18 @@ def _sync(buf: "DmaBuf", arg) -> None:
     if fd < 0:
         raise buf._closed_error()
     if raw_ioctl(fd, _SYNC, arg) < 0:
-        restart_failed_ioctl(fd, _SYNC, arg, "DMA_BUF_IOCTL_SYNC")
+        ioctl_failed(fd, _SYNC, arg, "DMA_BUF_IOCTL_SYNC", again=True)
 
 
-@dataclass(frozen=True)
-class DmaBufInfo:
-    """/proc/self/fdinfo/<fd> of a dma-buf (dma_buf_show_fdinfo).
+class DmaBufInfo(namedtuple("DmaBufInfo", "size count exp_name name ino flags pos mnt_id", defaults=(0, 0))):
+    """/proc/<pid>/fdinfo/<fd> of a dma-buf (dma_buf_show_fdinfo), read-only.
 
     `count` is the file's reference count (every fd, in any process, and every
     mapping holds one); `flags` the open flags (octal in fdinfo, O_CLOEXEC
     included); `name` is "" when none was ever set.
     """
 
-    size: int
-    count: int
-    exp_name: str
-    name: str
-    ino: int
-    flags: int
-    pos: int = 0
-    mnt_id: int = 0
+    __slots__ = ()
 
 
 def parse_fdinfo(text: str) -> DmaBufInfo:
@@ -94,7 +90,7 @@ class _CpuAccess(tuple):
         if fd < 0:
             raise buf._closed_error()
         if raw_ioctl(fd, _SYNC, start) < 0:
-            restart_failed_ioctl(fd, _SYNC, start, "DMA_BUF_IOCTL_SYNC")
+            ioctl_failed(fd, _SYNC, start, "DMA_BUF_IOCTL_SYNC", again=True)
         return buf
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -103,7 +99,7 @@ class _CpuAccess(tuple):
         if fd < 0:
             raise buf._closed_error()
         if raw_ioctl(fd, _SYNC, end) < 0:
-            restart_failed_ioctl(fd, _SYNC, end, "DMA_BUF_IOCTL_SYNC")
+            ioctl_failed(fd, _SYNC, end, "DMA_BUF_IOCTL_SYNC", again=True)
 
 
 class DmaBuf(FdObject):
@@ -114,11 +110,7 @@ class DmaBuf(FdObject):
     while any fd or mapping of it does, in any process.
     """
 
-    __slots__ = ("_size",)
-
-    def _adopt(self, fd: int) -> None:
-        self._size = -1
-        super()._adopt(fd)
+    __slots__ = ("_size",)  # unset until size is first asked for
 
     def _validate(self, fd: int) -> None:
         # A dma-buf is an anonymous inode (no file-type bits in st_mode) that
@@ -135,11 +127,13 @@ class DmaBuf(FdObject):
     def size(self) -> int:
         """Size in bytes: lseek(SEEK_END) then lseek(SEEK_SET, 0), as the kernel documents."""
         fd = self.fileno()
-        if self._size < 0:
+        try:
+            return self._size
+        except AttributeError:
             size = os.lseek(fd, 0, os.SEEK_END)
             os.lseek(fd, 0, os.SEEK_SET)
             self._size = size
-        return self._size
+            return size
 
     def __len__(self) -> int:
         return self.size
@@ -300,10 +294,11 @@ class DmaBuf(FdObject):
         must wait for, like POLLOUT). An idle buffer gives an already-signaled
         fence. Linux 6.0+.
         """
-        arg = ffi.new("struct dma_buf_export_sync_file *")
+        fd = self.fileno()
+        arg = ffi.new(_EXPORT_ARG)
         arg.flags = _WRITE if write else _READ
-        ioctl(self.fileno(), _uapi.DMA_BUF_IOCTL_EXPORT_SYNC_FILE, arg, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE",
-              {errno.ENOTTY: "exporting implicit fences needs Linux 6.0 or later with CONFIG_SYNC_FILE"})
+        if raw_ioctl(fd, _EXPORT, arg) < 0:
+            ioctl_failed(fd, _EXPORT, arg, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE", _EXPORT_FIXES)
         return SyncFile._wrap(arg.fd)
 
     def import_sync_file(self, sync_file, *, write: bool = True) -> None:
@@ -313,12 +308,12 @@ class DmaBuf(FdObject):
         write=False as a read fence (later writers wait, readers don't).
         `sync_file` is a SyncFile or its fd. Linux 6.0+.
         """
-        arg = ffi.new("struct dma_buf_import_sync_file *")
-        arg.flags = _WRITE if write else _READ
-        arg.fd = check_sync_file(sync_file)
-        ioctl(self.fileno(), _uapi.DMA_BUF_IOCTL_IMPORT_SYNC_FILE, arg, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE",
-              {errno.ENOTTY: "importing implicit fences needs Linux 6.0 or later with CONFIG_SYNC_FILE",
-               errno.EINVAL: f"fd {arg.fd} is not a sync_file"})
+        arg = ffi.new("struct dma_buf_import_sync_file *",
+                      {"flags": _WRITE if write else _READ, "fd": check_sync_file(sync_file)})
+        fd = self.fileno()
+        if raw_ioctl(fd, _IMPORT, arg) < 0:
+            ioctl_failed(fd, _IMPORT, arg, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE",
+                         {errno.ENOTTY: _EXPORT_FIXES[errno.ENOTTY], errno.EINVAL: f"fd {arg.fd} is not a sync_file"})
 
     def wait(self, *, write: bool = False, timeout: float | None = None) -> bool:
         """Wait for the implicit fences: True when idle, False on timeout.

@@ -5,12 +5,16 @@ import stat
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import GRANT_ACCESS, fd_target, ioctl, os_error
+from ._sys import GRANT_ACCESS, fd_target, ioctl_failed, os_error, raw_ioctl
 from ._uapi import ffi
 from .dmabuf import DmaBuf
 
 HEAP_DIR = "/dev/dma_heap"
 _RAM = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+_ALLOC = _uapi.DMA_HEAP_IOCTL_ALLOC
+_ALLOCATION_DATA = ffi.typeof("struct dma_heap_allocation_data *")
+_READWRITE = os.O_RDWR | os.O_CLOEXEC
+_READONLY = os.O_RDONLY | os.O_CLOEXEC
 
 
 def _cma_allocations() -> int | None:
@@ -140,6 +144,7 @@ class Heap(FdObject):
         machine's RAM is refused with ENOMEM before the kernel is asked, as
         the system heap would rather wake the OOM killer than fail.
         """
+        fd = self.fileno()
         if isinstance(size, bool) or not isinstance(size, int):
             raise TypeError(f"size must be an int, not {type(size).__name__}")
         if not 0 < size <= 2**64 - _uapi.PAGE_SIZE:
@@ -150,10 +155,11 @@ class Heap(FdObject):
             # of failing.
             raise os_error(errno.ENOMEM, f"DMA_HEAP_IOCTL_ALLOC of {size} bytes from {self._path}",
                            f"more than this machine's {_RAM} bytes of RAM")
-        data = ffi.new("struct dma_heap_allocation_data *")
+        data = ffi.new(_ALLOCATION_DATA)
         data.len = size
-        data.fd_flags = os.O_CLOEXEC | (os.O_RDONLY if readonly else os.O_RDWR)
-        ioctl(self.fileno(), _uapi.DMA_HEAP_IOCTL_ALLOC, data, f"DMA_HEAP_IOCTL_ALLOC of {size} bytes from {self._path}",
-              {errno.ENOMEM: f"{self.name} cannot supply {size} bytes now"})
+        data.fd_flags = _READONLY if readonly else _READWRITE
+        if raw_ioctl(fd, _ALLOC, data) < 0:
+            ioctl_failed(fd, _ALLOC, data, f"DMA_HEAP_IOCTL_ALLOC of {size} bytes from {self._path}",
+                         {errno.ENOMEM: f"{self.name} cannot supply {size} bytes now"})
         return DmaBuf._wrap(data.fd)
 

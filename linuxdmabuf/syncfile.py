@@ -3,12 +3,21 @@ import enum
 import errno
 import os
 import select
-from dataclasses import dataclass
+from collections import namedtuple
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import check_fd, check_timeout, encode_name, fd_target, ioctl, poll_fd
+from ._sys import check_fd, check_timeout, encode_name, fd_target, ioctl, ioctl_failed, poll_fd, raw_ioctl
 from ._uapi import ffi
+
+
+_FILE_INFO = _uapi.SYNC_IOC_FILE_INFO
+_MERGE = _uapi.SYNC_IOC_MERGE
+_FILE_INFO_ARG = ffi.typeof("struct sync_file_info *")
+_FENCE_INFO_ARRAY = ffi.typeof("struct sync_fence_info[]")
+_MERGE_ARG = ffi.typeof("struct sync_merge_data *")
+_MERGE_FIXES = {errno.ENOENT: "the other fd is not a sync_file"}
+_MERGED = "merged"  # merge()'s default name, recognised by identity: no encoding per call
 
 
 class FenceStatus(enum.Enum):
@@ -24,35 +33,24 @@ class FenceStatus(enum.Enum):
         return cls.SIGNALED if status > 0 else cls.ACTIVE if status == 0 else cls.ERROR
 
 
-@dataclass(frozen=True)
-class FenceInfo:
-    """One fence of a sync_file (struct sync_fence_info).
+class FenceInfo(namedtuple("FenceInfo", "obj_name driver_name status flags timestamp_ns error", defaults=(0,))):
+    """One fence of a sync_file (struct sync_fence_info), read-only.
 
     The kernel names every *signaled* fence's driver "detached-driver" and its
-    timeline "signaled-timeline". `error` is the errno of an ERROR fence, else 0.
-    `timestamp_ns` is the CLOCK_MONOTONIC signal time, 0 while active.
+    timeline "signaled-timeline". `status` is a FenceStatus; `error` the errno
+    of an ERROR fence, else 0. `timestamp_ns` is the CLOCK_MONOTONIC signal
+    time, 0 while active. (A named tuple: made without a Python-level
+    __init__, which matters in per-frame loops.)
     """
 
-    obj_name: str
-    driver_name: str
-    status: FenceStatus
-    flags: int
-    timestamp_ns: int
-    error: int = 0
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class SyncFileInfo:
-    """SYNC_IOC_FILE_INFO: the sync_file's name, overall status and its fences."""
+class SyncFileInfo(namedtuple("SyncFileInfo", "name status fences error", defaults=(0,))):
+    """SYNC_IOC_FILE_INFO, read-only: the sync_file's name, overall FenceStatus
+    (and errno if ERROR) and its fences, a list of FenceInfo."""
 
-    name: str
-    status: FenceStatus
-    fences: list
-    error: int = 0
-
-
-def _text(chars) -> str:
-    return ffi.string(chars).decode(errors="replace")
+    __slots__ = ()
 
 
 class SyncFile(FdObject):
@@ -95,37 +93,41 @@ class SyncFile(FdObject):
 
     # -- inspection ---------------------------------------------------------
 
-    def _file_info(self, num_fences: int, fences) -> "ffi.CData":
-        info = ffi.new("struct sync_file_info *")
-        info.num_fences = num_fences
-        if fences is not None:
-            info.sync_fence_info = int(ffi.cast("uintptr_t", fences))
-        ioctl(self.fileno(), _uapi.SYNC_IOC_FILE_INFO, info, "SYNC_IOC_FILE_INFO")
-        return info
-
     @property
     def status(self) -> FenceStatus:
         """ACTIVE, SIGNALED or ERROR (SYNC_IOC_FILE_INFO with no fence array)."""
-        return FenceStatus.from_kernel(self._file_info(0, None).status)
+        fd = self.fileno()
+        info = ffi.new(_FILE_INFO_ARG)
+        if raw_ioctl(fd, _FILE_INFO, info) < 0:
+            ioctl_failed(fd, _FILE_INFO, info, "SYNC_IOC_FILE_INFO")
+        return FenceStatus.from_kernel(info.status)
 
     def info(self) -> SyncFileInfo:
-        """SYNC_IOC_FILE_INFO, both passes: the count, then every fence's details."""
-        count = self._file_info(0, None).num_fences
-        fences = ffi.new("struct sync_fence_info[]", max(count, 1))
-        info = self._file_info(count, fences)
+        """SYNC_IOC_FILE_INFO, both passes: the count, then every fence's details.
+
+        The fences are the unwrapped components (an array or chain is listed
+        fence by fence); the overall status is SIGNALED only when every one
+        signaled without error.
+        """
+        fd = self.fileno()
+        info = ffi.new(_FILE_INFO_ARG)
+        if raw_ioctl(fd, _FILE_INFO, info) < 0:
+            ioctl_failed(fd, _FILE_INFO, info, "SYNC_IOC_FILE_INFO")
+        fences = ffi.new(_FENCE_INFO_ARRAY, info.num_fences or 1)
+        info.sync_fence_info = int(ffi.cast("uintptr_t", fences))
+        if raw_ioctl(fd, _FILE_INFO, info) < 0:
+            ioctl_failed(fd, _FILE_INFO, info, "SYNC_IOC_FILE_INFO")
+        string = ffi.string
         return SyncFileInfo(
-            name=_text(info.name),
-            status=FenceStatus.from_kernel(info.status),
-            error=-info.status if info.status < 0 else 0,
-            fences=[FenceInfo(obj_name=_text(f.obj_name), driver_name=_text(f.driver_name),
-                              status=FenceStatus.from_kernel(f.status), flags=f.flags,
-                              timestamp_ns=f.timestamp_ns, error=-f.status if f.status < 0 else 0)
-                    for f in fences[0:info.num_fences]],
-        )
+            string(info.name).decode(errors="replace"), FenceStatus.from_kernel(info.status),
+            [FenceInfo(string(f.obj_name).decode(errors="replace"), string(f.driver_name).decode(errors="replace"),
+                       FenceStatus.from_kernel(f.status), f.flags, f.timestamp_ns, -f.status if f.status < 0 else 0)
+             for f in fences[0:info.num_fences]],
+            -info.status if info.status < 0 else 0)
 
     # -- combining -----------------------------------------------------------
 
-    def merge(self, *others: "SyncFile", name: str = "merged") -> "SyncFile":
+    def merge(self, *others: "SyncFile", name: str = _MERGED) -> "SyncFile":
         """A new sync_file that signals once this one and all `others` have (SYNC_IOC_MERGE).
 
         Merged pairwise. The kernel drops already-signaled fences and keeps
@@ -138,14 +140,15 @@ class SyncFile(FdObject):
             if not isinstance(other, SyncFile):
                 raise TypeError(f"can only merge SyncFile objects, not {type(other).__name__}")
             other.fileno()
-        data = ffi.new("struct sync_merge_data *")
-        data.name = encode_name(name, "sync_file name")
+        data = ffi.new(_MERGE_ARG)
+        data.name = b"merged" if name is _MERGED else encode_name(name, "sync_file name")
         result = self
         for other in others:
             try:  # an intermediate merge is closed whatever happens next
                 data.fd2 = other.fileno()
-                ioctl(result.fileno(), _uapi.SYNC_IOC_MERGE, data, "SYNC_IOC_MERGE",
-                      {errno.ENOENT: "the other fd is not a sync_file"})
+                fd = result.fileno()
+                if raw_ioctl(fd, _MERGE, data) < 0:
+                    ioctl_failed(fd, _MERGE, data, "SYNC_IOC_MERGE", _MERGE_FIXES)
                 merged = SyncFile._wrap(data.fence)
             finally:
                 if result is not self:
@@ -154,7 +157,7 @@ class SyncFile(FdObject):
         return result
 
     @classmethod
-    def merge_all(cls, sync_files, name: str = "merged") -> "SyncFile":
+    def merge_all(cls, sync_files, name: str = _MERGED) -> "SyncFile":
         """One sync_file for all of `sync_files` (an iterable of at least one)."""
         first, *rest = list(sync_files) or [None]
         if first is None:
