@@ -180,17 +180,21 @@ def read_sysfs_buffers(root: str = SYSFS_BUFFERS) -> dict | None:
 
 # -- the scan --------------------------------------------------------------------
 
-class Holder:
+class Holder(NamedTuple):
     """How one process holds one buffer: its fd numbers and its mappings."""
 
-    __slots__ = ("pid", "name", "fds", "mappings", "mapped_bytes")
+    pid: int
+    name: str
+    fds: list
+    mappings: int = 0
+    mapped_bytes: int = 0
 
-    def __init__(self, pid: int, name: str = "", fds=None, mappings: int = 0, mapped_bytes: int = 0):
-        self.pid, self.name, self.fds = pid, name, [] if fds is None else fds
-        self.mappings, self.mapped_bytes = mappings, mapped_bytes
 
-    def __repr__(self) -> str:
-        return f"Holder(pid={self.pid}, name={self.name!r}, fds={self.fds}, mappings={self.mappings})"
+# Where a buffer was seen: bits of Buffer.seen, named in Buffer.sources and the JSON report.
+SOURCES = ("fd", "maps", "fdinfo", "debugfs", "sysfs", "map_files")
+FD, MAPS, FDINFO, DEBUGFS, SYSFS, MAP_FILES = (1 << i for i in range(len(SOURCES)))
+_SOURCE_NAMES = [tuple(sorted(name for i, name in enumerate(SOURCES) if mask >> i & 1))
+                 for mask in range(1 << len(SOURCES))]
 
 
 class Buffer:
@@ -201,13 +205,17 @@ class Buffer:
     where it was seen: "fd", "maps", "fdinfo", "debugfs", "sysfs", "map_files".
     """
 
-    __slots__ = ("inode", "size", "exporter", "name", "refs", "attached", "holders", "sources")
+    __slots__ = ("inode", "size", "exporter", "name", "refs", "attached", "holders", "seen")
 
     def __init__(self, inode: int):
         self.inode, self.size, self.exporter, self.name, self.refs = inode, None, None, "", None
         self.attached = ()
         self.holders = {}  # pid -> Holder
-        self.sources = set()
+        self.seen = 0  # SOURCES bits
+
+    @property
+    def sources(self) -> set:
+        return set(_SOURCE_NAMES[self.seen])
 
     def __repr__(self) -> str:
         return (f"Buffer(inode={self.inode}, size={self.size}, exporter={self.exporter!r}, name={self.name!r}, "
@@ -346,10 +354,10 @@ def _scan() -> Scan:
                 buf.holders[pid] = Holder(pid, name, fds[inode])
             else:
                 buf.holders[pid] = Holder(pid, name, fds.get(inode, []), mapped[0], mapped[1])
-                buf.sources.add("maps")
+                buf.seen |= MAPS
             if size is not None:
                 buf.size, buf.name = size, buf_name
-                buf.sources.add("fd")
+                buf.seen |= FD
             elif buf.size is None:
                 buf.name = buf_name
                 mapped_only.setdefault(inode, (pid, mapped[2], mapped[3]))
@@ -383,19 +391,19 @@ def _add_kernel_views(result: Scan) -> None:
             buf = buffers[ino] = Buffer(ino)
         elif buf.size is not None:  # seen through an fd: size and name are known
             buf.exporter, buf.refs = exp_name, int(count) if count else None
-            buf.sources.add("debugfs")
+            buf.seen |= DEBUGFS
             if not under.endswith(_ATTACHED):  # fences or devices under it
                 buf.attached = attached_devices(under)
             continue
         buf.size, buf.name = int(size), "" if name == "<none>" else name
         buf.exporter, buf.refs, buf.attached = exp_name, int(count) if count else None, attached_devices(under)
-        buf.sources.add("debugfs")
+        buf.seen |= DEBUGFS
     stats = read_sysfs_buffers()
     if stats is not None:
         result.sysfs = "read"
         for inode, (size, exporter) in stats.items():
             buf = result.buffer(inode)
-            buf.sources.add("sysfs")
+            buf.seen |= SYSFS
             if buf.exporter is None:
                 buf.exporter = exporter
             if buf.size is None:
@@ -416,7 +424,7 @@ def _complete_from_fdinfo(result: Scan) -> None:
                     continue
                 if info.ino == inode:
                     buf.exporter, buf.refs, buf.name = info.exp_name, info.count, info.name
-                    buf.sources.add("fdinfo")
+                    buf.seen |= FDINFO
                     break
             if buf.exporter is not None:
                 break
@@ -437,7 +445,7 @@ def _size_mapped_only(result: Scan, mapped_only: dict) -> None:
             continue
         if st.st_ino == inode:
             buf.size = st.st_size
-            buf.sources.add("map_files")
+            buf.seen |= MAP_FILES
 
 
 # -- reports ---------------------------------------------------------------------
@@ -472,7 +480,7 @@ def _report(result: Scan, pids) -> dict:
                 p["buffer_count"] += 1
                 p["bytes"] += size or 0
         buffers.append({"inode": inode, "size": size, "exporter": b.exporter, "name": b.name, "refs": b.refs,
-                        "attached": list(b.attached), "sources": sorted(b.sources), "processes": holders})
+                        "attached": b.attached, "sources": _SOURCE_NAMES[b.seen], "processes": holders})
         total = exporters.get(b.exporter or "(unknown)")
         if total is None:
             total = exporters[b.exporter or "(unknown)"] = {"buffers": 0, "bytes": 0}
