@@ -145,7 +145,7 @@ class DmaBuf(FdObject):
 
     def info(self) -> DmaBufInfo:
         """This fd's /proc/self/fdinfo entry, parsed (bytes that are not UTF-8 as surrogate escapes)."""
-        with open(f"/proc/self/fdinfo/{self.fileno()}", encoding="utf-8", errors="surrogateescape") as f:
+        with open(f"/proc/self/fdinfo/{self.fileno()}", encoding="utf-8", errors="surrogateescape", newline="") as f:
             return parse_fdinfo(f.read())
 
     @property
