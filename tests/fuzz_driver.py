@@ -241,7 +241,7 @@ class Pool:
 
 # Text is drawn from this alphabet (ASCII, controls, NUL, non-ASCII, lone surrogates) rather
 # than all of Unicode, whose table hypothesis would otherwise build (slowly, under emulation).
-ALPHABET = [chr(c) for c in range(32, 127)] + ["\0", "\n", "\t", "\x7f", "é", "ÿ", "€", "\u3042", "\U0001f600",
+ALPHABET = [chr(c) for c in range(32, 127)] + ["\0", "\n", "\r", "\t", "\x7f", "é", "ÿ", "€", "\u3042", "\U0001f600",
                                               "\udcff", "\ud800"]
 FD_SPECIALS = ["closed", "negative", "int_min", "huge", "huger", "none", "true", "float", "str", "bytes", "file_object"]
 
@@ -259,7 +259,7 @@ def main_strategies(st, pool):
     offsets = st.one_of(st.sampled_from([0, PAGE, 2 * PAGE, BUF_SIZE, MEMFD_SIZE, 1, PAGE - 1, -PAGE, 2**40,
                                          2**63, 2**64 - PAGE, 2**64, -2**64]),
                         st.integers(-PAGE, 10 * PAGE), st.integers(), st.sampled_from([None, 0.0, "0", True]))
-    names = st.one_of(st.sampled_from(["", "a" * 31, "a" * 32, "b" * 1000, "\0", "a\0b", "\n", "x\nsize:\t1",
+    names = st.one_of(st.sampled_from(["", "a" * 31, "a" * 32, "b" * 1000, "\0", "a\0b", "\n", "\r", "a\r\n", "x\nsize:\t1",
                                        "é" * 15, "é" * 16, "\udcff", "\ud800", b"", b"\xff\xfe", b"a" * 31,
                                        b"a" * 32, bytearray(b"ba"), b"\0", None, 5, ["x"]]),
                       st.text(ALPHABET, max_size=40), st.binary(max_size=40))
@@ -288,6 +288,8 @@ def _adopt(cls, pool, name, kind):
     exc, obj = attempt(lambda: cls(arg))
     if value is None and cls in (Udmabuf, SwSyncTimeline):
         allowed = ["ok"]  # no fd: open the device
+    elif cls is Heap and isinstance(value, str):
+        allowed = _heap_name_outcome(pool, value)  # a str is a heap name
     elif err:
         allowed = [err]
     elif pool.kind_of(name) == "closed":
