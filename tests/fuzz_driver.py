@@ -241,8 +241,8 @@ class Pool:
 
 # Text is drawn from this alphabet (ASCII, controls, NUL, non-ASCII, lone surrogates) rather
 # than all of Unicode, whose table hypothesis would otherwise build (slowly, under emulation).
-ALPHABET = [chr(c) for c in range(32, 127)] + ["\0", "\n", "\r", "\t", "\x7f", "é", "ÿ", "€", "\u3042", "\U0001f600",
-                                              "\udcff", "\ud800"]
+ALPHABET = [chr(c) for c in range(32, 127)] + ["\0", "\n", "\r", "\t", "\x7f", "é", "ÿ", "€", "\u3042",
+                                              "\U0001f600", "\udcff", "\ud800"]
 FD_SPECIALS = ["closed", "negative", "int_min", "huge", "huger", "none", "true", "float", "str", "bytes", "file_object"]
 
 
@@ -259,9 +259,9 @@ def main_strategies(st, pool):
     offsets = st.one_of(st.sampled_from([0, PAGE, 2 * PAGE, BUF_SIZE, MEMFD_SIZE, 1, PAGE - 1, -PAGE, 2**40,
                                          2**63, 2**64 - PAGE, 2**64, -2**64]),
                         st.integers(-PAGE, 10 * PAGE), st.integers(), st.sampled_from([None, 0.0, "0", True]))
-    names = st.one_of(st.sampled_from(["", "a" * 31, "a" * 32, "b" * 1000, "\0", "a\0b", "\n", "\r", "a\r\n", "x\nsize:\t1",
-                                       "é" * 15, "é" * 16, "\udcff", "\ud800", b"", b"\xff\xfe", b"a" * 31,
-                                       b"a" * 32, bytearray(b"ba"), b"\0", None, 5, ["x"]]),
+    names = st.one_of(st.sampled_from(["", "a" * 31, "a" * 32, "b" * 1000, "\0", "a\0b", "\n", "\r", "a\r\n",
+                                       "x\nsize:\t1", "é" * 15, "é" * 16, "\udcff", "\ud800", b"", b"\xff\xfe",
+                                       b"a" * 31, b"a" * 32, bytearray(b"ba"), b"\0", None, 5, ["x"]]),
                       st.text(ALPHABET, max_size=40), st.binary(max_size=40))
     timeouts = st.one_of(st.sampled_from([0, 0.0, -0.0, 0.001, 1e-9, -1, -1e-9, math.nan, math.inf, -math.inf,
                                           10**400, 1e300, None, True, "0.1", 1j]),
@@ -635,7 +635,7 @@ def fuzz_DmaBuf_read_write(pool, st, s):
                     allowed = [(PermissionError, errno.EACCES)] if which == "readonly" and n else ["ok"]
             except TypeError:
                 allowed = [TypeError]
-            expect(exc, allowed, f"{which}.write({type(data).__name__} of {len(data) if hasattr(data, '__len__') else '?'}, {offset!r})")
+            expect(exc, allowed, f"{which}.write({type(data).__name__}, {offset!r})")
             if exc is None:
                 assert written == n
                 if n:

@@ -14,8 +14,6 @@ from helpers import sealed_memfd
 from reliability import kernel_dmabufs
 from test_fd_protocol import CALLS
 
-from linuxdmabuf import DmaBuf
-
 PAGE = os.sysconf("SC_PAGE_SIZE")
 pytestmark = pytest.mark.kernel
 
