@@ -73,7 +73,7 @@ host_has_devices() { [ -e /dev/udmabuf ] || [ -d /dev/dma_heap ]; }
 # groups, the size limit, and an allocation as the user (never trusting the state file).
 check_devices() {
     local node user
-    ok "host kernel has dma-buf devices: $(device_nodes | tr '\n' ' ')"
+    ok "host kernel has dma-buf devices: $(device_nodes | paste -sd ' ' -)"
     if [ -f "$state" ] && [ "$group_given" -eq 0 ]; then group=$(state_get group "$group"); fi
     if [ -f "$rules" ] && grep -q "^KERNEL==\"udmabuf\", SUBSYSTEM==\"misc\", GROUP=\"$group\", MODE=\"0660\"$" "$rules"; then
         ok "udev rule $rules (group $group)"
