@@ -36,8 +36,9 @@ class FenceStatus(enum.Enum):
 class FenceInfo(namedtuple("FenceInfo", "obj_name driver_name status flags timestamp_ns error", defaults=(0,))):
     """One fence of a sync_file (struct sync_fence_info), read-only.
 
-    The kernel names every *signaled* fence's driver "detached-driver" and its
-    timeline "signaled-timeline". `status` is a FenceStatus; `error` the errno
+    Since about Linux 6.16 the kernel names every *signaled* fence's driver
+    "detached-driver" and its timeline "signaled-timeline" (older kernels keep
+    the driver's names, e.g. "stub" for an idle buffer's fence). `status` is a FenceStatus; `error` the errno
     of an ERROR fence, else 0. `timestamp_ns` is the CLOCK_MONOTONIC signal
     time, 0 while active. (A named tuple: made without a Python-level
     __init__, which matters in per-frame loops.)

@@ -220,7 +220,9 @@ def test_export_of_idle_buffer_is_signaled(make_buf):
     for write in (False, True):
         with buf.export_sync_file(write=write) as fence:
             assert fence.signaled and fence.status is FenceStatus.SIGNALED
-            assert fence.info().fences[0].driver_name == "detached-driver"
+            # The stub fence: newer kernels (~6.16 on) name every signaled fence's driver
+            # "detached-driver"; older ones report the stub's own "stub".
+            assert fence.info().fences[0].driver_name in ("detached-driver", "stub")
 
 
 def test_idle_buffer_waits_return_at_once(make_buf):
