@@ -8,7 +8,8 @@
   (tools/run-tests).
 - `unprivileged` tests run as an unprivileged user in the VM.
 - The session ends with one line saying where it ran, and with
-  $LINUXDMABUF_RESULTS set, writes its counts there as JSON for tools/run-tests.
+  $LINUXDMABUF_RESULTS set, writes its counts there as JSON for tools/run-tests
+  (and, beside it, the files that hold `unprivileged` tests).
 """
 import json
 import os
@@ -20,10 +21,17 @@ KERNEL_MARKERS = {"requires_udmabuf", "requires_dma_heap", "requires_sw_sync", "
 
 
 def pytest_collection_modifyitems(items):
+    unprivileged = set()
     for item in items:
         names = {m.name for m in item.iter_markers()}
         if KERNEL_FIXTURES & set(getattr(item, "fixturenames", ())) or KERNEL_MARKERS & names:
             item.add_marker(pytest.mark.kernel)
+        if "unprivileged" in names:
+            unprivileged.add(str(item.path))
+    results = os.environ.get("LINUXDMABUF_RESULTS")
+    if results:  # for tools/run-tests: the files its unprivileged session needs to collect
+        with open(results + ".unprivileged", "w") as f:
+            f.write("".join(f"{path}\n" for path in sorted(unprivileged)))
 
 
 def pytest_terminal_summary(terminalreporter):

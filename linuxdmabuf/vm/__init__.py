@@ -43,6 +43,16 @@ _ENV_SKIP = {"PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "DISPLAY", "WAYLAND_DISP
              "SSH_TTY", "TMUX", "TMUX_PANE", "COLUMNS", "LINES", "PYTEST_XDIST_WORKER"}
 
 
+# The host's root, shared read-only over 9p as virtme-ng mounts it, plus
+# cache=loose: the guest keeps the file data and metadata it has read instead
+# of asking the host again for every stat and read. The host does not change
+# its root under a running guest (writes go to --rwdir mounts, which are not
+# cached), and Python start-up under TCG is about 3x faster with it (a process
+# importing pytest, hypothesis and numpy: 17 s without, 6 s with). --force-9p
+# keeps virtme-ng from picking virtio-fs, which these flags would not fit.
+ROOT_9P_FLAGS = "rootflags=version=9p2000.L,trans=virtio,access=any,msize=524288,cache=loose"
+
+
 class Terminated(SystemExit):
     """SIGTERM or SIGHUP arrived while a VM ran: it was stopped. Exits with 128 + the signal's number."""
 
@@ -307,7 +317,8 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
         with open(script, "w") as f:
             f.write(_guest_script(outdir, cmd, cwd, env, user, opened, kernel.spec))
         argv = [vng, "--run", kernel.image, "--cpus", str(cpus), "--memory", str(memory), "--verbose",
-                "--qemu", qemu, "--cwd", cwd, "--rwdir", outdir, "--exec", f"sh {shlex.quote(script)}"]
+                "--qemu", qemu, "--cwd", cwd, "--rwdir", outdir, "--exec", f"sh {shlex.quote(script)}",
+                "--force-9p", "--append", ROOT_9P_FLAGS]
         if accel == "tcg":
             argv.append("--disable-kvm")
         for arg in append:
