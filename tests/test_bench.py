@@ -1,0 +1,25 @@
+"""tools/bench, as BENCHMARKS.md says to run it: one quick round in a VM (host-side, boots one VM)."""
+import json
+import os
+import subprocess
+import sys
+
+from test_vm_runner import TOP, VM_LIMIT, boots_vm
+
+BENCH = os.path.join(TOP, "tools", "bench")
+
+
+@boots_vm
+def test_bench_runs_every_operation_three_ways():
+    done = subprocess.run([sys.executable, BENCH, "--quick", "--json"], capture_output=True, text=True, cwd=TOP,
+                          timeout=VM_LIMIT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["accel"] in ("kvm", "tcg") and report["rounds"] == 1
+    ops = {"sync_pair", "cpu_access", "heap_alloc_4k", "heap_alloc_1m", "udmabuf_64k", "export_info_wait", "merge",
+           "wait_idle", "fill_memcpy", "fill_memset"}
+    assert set(report["results"]) == ops
+    for op, times in report["results"].items():
+        for way in ("c", "handrolled", "linuxdmabuf"):
+            assert len(times[way]) == 1 and times[way][0] > 0, (op, way)
+    assert report["import"]["import linuxdmabuf"]["median"] > 0
