@@ -286,7 +286,9 @@ def _adopt(cls, pool, name, kind):
     err = fd_error(value, allow_fileno=False)
     arg = os.dup(value) if err is None and pool.kind_of(name) != "closed" else value
     exc, obj = attempt(lambda: cls(arg))
-    if value is None and cls in (Udmabuf, SwSyncTimeline):
+    if value is None and cls is SwSyncTimeline and pool.timeline is None:
+        allowed = [(linuxdmabuf.UnsupportedError, errno.ENOENT)]  # no fd, and no sw_sync to open
+    elif value is None and cls in (Udmabuf, SwSyncTimeline):
         allowed = ["ok"]  # no fd: open the device
     elif cls is Heap and isinstance(value, str):
         allowed = _heap_name_outcome(pool, value)  # a str is a heap name
