@@ -42,7 +42,8 @@ def os_error(err: int, what: str, fix: str = "") -> OSError:
 # spares cffi's ABI mode its per-call handling of variadic arguments: about a
 # fifth of a SYNC pair's cost under TCG (BENCHMARKS.md). Elsewhere (powerpc64's
 # parameter save area, s390x...) the variadic declaration is used as it is.
-if os.uname().machine in ("x86_64", "i386", "i686", "aarch64", "riscv64") or os.uname().machine.startswith("armv"):
+_MACHINE = os.uname().machine
+if _MACHINE in ("x86_64", "i386", "i686", "aarch64", "riscv64") or _MACHINE.startswith("armv"):
     raw_ioctl = ffi.cast("int (*)(int, unsigned long, void *)", lib.ioctl)
 else:
     raw_ioctl = lib.ioctl

@@ -38,8 +38,8 @@ class FenceInfo(namedtuple("FenceInfo", "obj_name driver_name status flags times
 
     Since about Linux 6.16 the kernel names every *signaled* fence's driver
     "detached-driver" and its timeline "signaled-timeline" (older kernels keep
-    the driver's names, e.g. "stub" for an idle buffer's fence). `status` is a FenceStatus; `error` the errno
-    of an ERROR fence, else 0. `timestamp_ns` is the CLOCK_MONOTONIC signal
+    the driver's names, e.g. "stub" for an idle buffer's fence). `status` is a
+    FenceStatus; `error` the errno of an ERROR fence, else 0. `timestamp_ns` is the CLOCK_MONOTONIC signal
     time, 0 while active. (A named tuple: made without a Python-level
     __init__, which matters in per-frame loops.)
     """
@@ -97,11 +97,15 @@ class SyncFile(FdObject):
     @property
     def status(self) -> FenceStatus:
         """ACTIVE, SIGNALED or ERROR (SYNC_IOC_FILE_INFO with no fence array)."""
+        return FenceStatus.from_kernel(self._file_info()[1].status)
+
+    def _file_info(self) -> tuple:
+        """SYNC_IOC_FILE_INFO with no fence array: (fd, the struct with status and num_fences)."""
         fd = self.fileno()
         info = ffi.new(_FILE_INFO_ARG)
         if raw_ioctl(fd, _FILE_INFO, info) < 0:
             ioctl_failed(fd, _FILE_INFO, info, "SYNC_IOC_FILE_INFO")
-        return FenceStatus.from_kernel(info.status)
+        return fd, info
 
     def info(self) -> SyncFileInfo:
         """SYNC_IOC_FILE_INFO, both passes: the count, then every fence's details.
@@ -110,10 +114,7 @@ class SyncFile(FdObject):
         fence by fence); the overall status is SIGNALED only when every one
         signaled without error.
         """
-        fd = self.fileno()
-        info = ffi.new(_FILE_INFO_ARG)
-        if raw_ioctl(fd, _FILE_INFO, info) < 0:
-            ioctl_failed(fd, _FILE_INFO, info, "SYNC_IOC_FILE_INFO")
+        fd, info = self._file_info()
         fences = ffi.new(_FENCE_INFO_ARRAY, info.num_fences or 1)
         info.sync_fence_info = int(ffi.cast("uintptr_t", fences))
         if raw_ioctl(fd, _FILE_INFO, info) < 0:
