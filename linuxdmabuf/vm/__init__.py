@@ -50,6 +50,9 @@ _ENV_SKIP = {"PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "DISPLAY", "WAYLAND_DISP
 # cached), and Python start-up under TCG is about 3x faster with it (a process
 # importing pytest, hypothesis and numpy: 17 s without, 6 s with). --force-9p
 # keeps virtme-ng from picking virtio-fs, which these flags would not fit.
+# Only a kernel with 9p built in (the full kernel) mounts its root itself and
+# reads rootflags; a modular kernel (Debian's) gets its root from virtme-ng's
+# initramfs, which mounts it without them.
 ROOT_9P_FLAGS = "rootflags=version=9p2000.L,trans=virtio,access=any,msize=524288,cache=loose"
 
 
