@@ -25,6 +25,8 @@ import pytest
 OPTION = "--linuxdmabuf-vm"
 
 MARKERS = {
+    "requires": "requires(*features): skip unless these linuxdmabuf.probe features can be used (fail where the "
+                "kernel is expected to have them)",
     "requires_udmabuf": "requires_udmabuf: skip unless /dev/udmabuf can be used",
     "requires_dma_heap": "requires_dma_heap(name=None): skip unless that dma-heap (any, if None) can be used",
     "requires_sw_sync": "requires_sw_sync: skip unless sw_sync timelines can be created (debugfs, CONFIG_SW_SYNC)",
@@ -41,6 +43,9 @@ def pytest_addoption(parser):
     group.addoption(f"{OPTION}-memory", default="2G", metavar="SIZE", help="guest memory (default 2G)")
     group.addoption(f"{OPTION}-timeout", type=float, default=3600, metavar="SECONDS",
                     help="kill the VM after this long (default 3600)")
+    group.addoption(f"{OPTION}-append", action="append", default=[], metavar="ARGS",
+                    help="extra kernel command line for the VM, e.g. cma=0 (repeatable; $LINUXDMABUF_VM_APPEND "
+                         "adds to it)")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -80,7 +85,7 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def _vm_line() -> str:
     spec = os.environ.get("LINUXDMABUF_VM_KERNEL", "?")
-    return f"linuxdmabuf-vm: guest kernel {os.uname().release} ({spec}); {_devices()}"
+    return f"linuxdmabuf-vm: guest kernel {os.uname().release} ({spec}); {_devices()}; {feature_line()}"
 
 
 def _devices() -> str:
@@ -95,119 +100,236 @@ def _devices() -> str:
     return "devices: " + (", ".join(found) or "none")
 
 
+def feature_line() -> str:
+    """ "features expected: A, B; missing: none" (or what is missing, and why) for this kernel."""
+    expected = expected_features()
+    gone = [unmet(f) for f in expected]
+    gone = [str(m) for m in gone if m is not None and not m.denied]
+    return (f"features expected: {', '.join(expected) or 'none declared'}; "
+            f"missing: {'; '.join(gone) or 'none'}")
+
+
 def _where() -> str:
     return f"(kernel {os.uname().release}, uid {os.getuid()})"
 
 
-def _reason(e: OSError) -> str:
-    return f"{e.strerror} {_where()}"
+# -- features: present, skipped with the reason, or a failure where expected ------------------------------------
+
+def expected_features() -> tuple:
+    """The features this kernel must have: $LINUXDMABUF_EXPECT (comma-separated feature names of
+    linuxdmabuf.probe), else inside the VM runner what its kernel spec declares (vm.kernels.EXPECTED),
+    else none."""
+    explicit = os.environ.get("LINUXDMABUF_EXPECT")
+    if explicit is not None:
+        return tuple(f.strip() for f in explicit.split(",") if f.strip())
+    if os.environ.get("LINUXDMABUF_IN_VM"):
+        from linuxdmabuf.vm.kernels import EXPECTED
+
+        return EXPECTED.get(os.environ.get("LINUXDMABUF_VM_KERNEL", ""), ())
+    return ()
 
 
-def _unavailable(what: str, name: str | None = None) -> str | None:
-    """Why `what` cannot be used here, or None if it can."""
-    import linuxdmabuf
+def is_expected(feature: str) -> bool:
+    """Whether this kernel must have `feature` (a named CMA heap implies "cma_heap", "heap:NAME" and "dma_heap")."""
+    expected = expected_features()
+    if feature in expected:
+        return True
+    kind, _, name = feature.partition(":")
+    if kind == "heap":
+        return f"cma_heap:{name}" in expected
+    if feature == "cma_heap":
+        return any(e.startswith("cma_heap:") for e in expected)
+    if feature == "dma_heap":
+        return any(e.startswith(("heap:", "cma_heap:")) for e in expected)
+    return False
 
+
+_probed = {}
+
+
+def unmet(feature: str):
+    """linuxdmabuf.probe.missing(feature), probed once per session."""
+    if feature not in _probed:
+        from linuxdmabuf.probe import missing
+
+        _probed[feature] = missing(feature)
+    return _probed[feature]
+
+
+def need(feature: str, *, _at_item: bool = False) -> None:
+    """Return if `feature` can be used here; else skip the test with the reason -- or fail it, naming
+    the feature, where this kernel is expected to have it (a lost feature is a regression, not a skip).
+    A feature that is there but denied to this user skips."""
+    why = unmet(feature)
+    if why is None:
+        return
+    if not why.denied and is_expected(feature):
+        spec = os.environ.get("LINUXDMABUF_VM_KERNEL") or "LINUXDMABUF_EXPECT"
+        pytest.fail(f"missing feature {feature}, which kernel {os.uname().release} ({spec}) is expected to have: "
+                    f"{why.reason} (uid {os.getuid()})", pytrace=False)
+    # From a marker, reported at the test's line like skipif (pytest's own marker skips do the same).
+    raise pytest.skip.Exception(f"{why} {_where()}", _use_item_location=_at_item)
+
+
+def has(feature: str) -> bool:
+    """True if `feature` can be used here, False if this kernel lacks it (or this user may not use it);
+    fails the test, naming the feature, where the kernel is expected to have it. For tests that do
+    more where a feature exists."""
     try:
-        if what == "udmabuf":
-            linuxdmabuf.Udmabuf().close()
-        elif what == "sw_sync":
-            linuxdmabuf.SwSyncTimeline().close()
-        elif name is not None:
-            linuxdmabuf.Heap(name).close()
-        else:
-            heaps = linuxdmabuf.Heap.available()
-            if not heaps:
-                return ("no dma-heap: /dev/dma_heap is empty or missing -- this kernel has no dma-heaps "
-                        f"(CONFIG_DMABUF_HEAPS_SYSTEM/_CMA) {_where()}")
-            first_error = None
-            for heap in heaps:  # any one that opens will do
-                try:
-                    linuxdmabuf.Heap(heap).close()
-                    return None
-                except OSError as e:
-                    first_error = first_error or e
-            raise first_error
-    except OSError as e:
-        return _reason(e)
-    return None
+        need(feature)
+    except pytest.skip.Exception:
+        return False
+    return True
 
 
-def pytest_collection_modifyitems(items):
-    """Turn each requires_* marker whose need is not met here into a skip, with the reason.
-
-    Done with a skip marker (not a skip raised later) so that the report
-    points at the test, like skipif.
-    """
-    for item in items:
-        for marker in item.iter_markers():
-            if marker.name == "requires_udmabuf":
-                reason = _unavailable("udmabuf")
-            elif marker.name == "requires_sw_sync":
-                reason = _unavailable("sw_sync")
-            elif marker.name == "requires_dma_heap":
-                reason = _unavailable("dma_heap", marker.kwargs.get("name", marker.args[0] if marker.args else None))
-            else:
-                continue
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=reason))
-                break
+def _marker_features(marker) -> list:
+    if marker.name == "requires":
+        return list(marker.args)
+    if marker.name == "requires_udmabuf":
+        return ["udmabuf"]
+    if marker.name == "requires_sw_sync":
+        return ["sw_sync"]
+    if marker.name == "requires_dma_heap":
+        name = marker.kwargs.get("name", marker.args[0] if marker.args else None)
+        return [f"heap:{name}" if name else "dma_heap"]
+    return []
 
 
-def _open_or_skip(factory):
-    try:
-        return factory()
-    except OSError as e:
-        pytest.skip(_reason(e))
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Each requires* marker's features, before the test's fixtures: skip, or fail where expected."""
+    for marker in item.iter_markers():
+        for feature in _marker_features(marker):
+            need(feature, _at_item=True)
 
 
 @pytest.fixture
 def dma_heap():
-    """The system dma-heap (a linuxdmabuf.Heap); skips where it cannot be opened."""
+    """The system dma-heap (a linuxdmabuf.Heap)."""
     from linuxdmabuf import Heap
 
-    with _open_or_skip(lambda: Heap("system")) as heap:
+    need("heap:system")
+    with Heap("system") as heap:
         yield heap
 
 
 @pytest.fixture
 def dma_heap_cma():
-    """A CMA dma-heap, found by kind rather than by name; skips where there is none."""
+    """A CMA dma-heap, found by kind rather than by name."""
     from linuxdmabuf import Heap
-    from linuxdmabuf.heap import HEAP_DIR
 
-    names = Heap.available(kind="cma")
-    if not names:
-        # A heap this user cannot open may be a CMA one, except the system
-        # heap: the kernel always names that one "system".
-        denied = [os.path.join(HEAP_DIR, name) for name in Heap.available()
-                  if name != "system" and not os.access(os.path.join(HEAP_DIR, name), os.R_OK)]
-        if denied:
-            from linuxdmabuf._sys import GRANT_ACCESS
-
-            pytest.skip(f"no CMA dma-heap this user may open: {', '.join(denied)}: Permission denied -- "
-                        f"{GRANT_ACCESS} {_where()}")
-        pytest.skip("no CMA dma-heap -- this kernel has none: it needs CONFIG_DMABUF_HEAPS_CMA and a CMA area, "
-                    f"e.g. cma=64M on the kernel command line {_where()}")
-    with Heap(names[0]) as heap:
+    need("cma_heap")
+    with Heap(Heap.available(kind="cma")[0]) as heap:
         yield heap
 
 
 @pytest.fixture
 def udmabuf():
-    """The udmabuf device (a linuxdmabuf.Udmabuf); skips where it cannot be opened."""
+    """The udmabuf device (a linuxdmabuf.Udmabuf)."""
     from linuxdmabuf import Udmabuf
 
-    with _open_or_skip(Udmabuf) as device:
+    need("udmabuf")
+    with Udmabuf() as device:
         yield device
 
 
 @pytest.fixture
 def sw_sync_timeline():
-    """A fresh sw_sync timeline, closed after the test; skips without sw_sync."""
+    """A fresh sw_sync timeline, closed after the test."""
     from linuxdmabuf import SwSyncTimeline
 
-    with _open_or_skip(SwSyncTimeline) as timeline:
+    need("sw_sync")
+    with SwSyncTimeline() as timeline:
         yield timeline
+
+
+@pytest.fixture
+def vgem():
+    """vgem's DRM card (a linuxdmabuf.drm.Vgem): a real importer that attaches real driver fences."""
+    from linuxdmabuf.drm import Vgem
+
+    need("drm:vgem")
+    with Vgem() as device:
+        yield device
+
+
+class FenceSource:
+    """Unsignaled fences from one real source, each signaled when the test says.
+
+    ``fence()`` makes a new unsignaled fence (a SyncFile the test owns), on
+    its own timeline or fence context, so that two of them merge into two;
+    ``signal(fence)`` signals it. ``name`` is "sw_sync" (a sw_sync timeline
+    per fence, advanced by signal()) or "vgem" (a vgem write fence on a page
+    of its own, exported with DMA_BUF_IOCTL_EXPORT_SYNC_FILE; vgem itself
+    signals it after 10 s). Everything made is closed at teardown.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self._signals = {}  # id(fence) -> (fence, how to signal it)
+        self._owned = []
+        if name == "vgem":
+            from linuxdmabuf.drm import Vgem
+
+            self._vgem = self._own(Vgem())
+
+    def _own(self, obj):
+        self._owned.append(obj)
+        return obj
+
+    def fence(self):
+        if self.name == "sw_sync":
+            from linuxdmabuf import SwSyncTimeline
+
+            timeline = self._own(SwSyncTimeline())
+            fence = timeline.create_fence(1)
+            signal = timeline.advance
+        else:
+            import linuxdmabuf
+
+            buf = self._own(linuxdmabuf.allocate(4096))
+            obj = self._own(self._vgem.prime_import(buf))
+            fence_id = self._vgem.fence_attach(obj, write=True)
+            fence = buf.export_sync_file()
+
+            def signal(vgem=self._vgem, fence_id=fence_id):
+                vgem.fence_signal(fence_id)
+        self._signals[id(fence)] = (fence, signal)
+        return fence
+
+    def signal(self, fence) -> None:
+        self._signals[id(fence)][1]()
+
+    def close(self) -> None:
+        for obj in reversed(self._owned):  # GEM handles before their device, buffers after
+            obj.close()
+        self._owned.clear()
+
+    def __repr__(self) -> str:
+        return f"<FenceSource {self.name}>"
+
+
+FENCE_SOURCES = {"sw_sync": "sw_sync", "vgem": "drm:vgem"}
+
+
+def pytest_generate_tests(metafunc):
+    """`fence_source` runs once per source this kernel has or is expected to have (vgem always)."""
+    if "fence_source" in metafunc.fixturenames:
+        names = [name for name, feature in FENCE_SOURCES.items()
+                 if name == "vgem" or unmet(feature) is None or is_expected(feature)]
+        metafunc.parametrize("fence_source", names, indirect=True)
+
+
+@pytest.fixture
+def fence_source(request):
+    """A FenceSource: real unsignaled fences that the test signals (parametrized: sw_sync, vgem)."""
+    name = getattr(request, "param", "vgem")
+    need(FENCE_SOURCES[name])
+    source = FenceSource(name)
+    try:
+        yield source
+    finally:
+        source.close()
 
 
 def _kernel_fds() -> dict:
@@ -263,6 +385,9 @@ def dmabuf_leak_check():
             [f"{w.message} closed only by the garbage collector" for w in ours]), pytrace=False)
 
 
+VM_OPTIONS = (f"{OPTION}-cpus", f"{OPTION}-memory", f"{OPTION}-timeout", f"{OPTION}-append")
+
+
 def _inner_command(config) -> list:
     """This pytest command line for the VM: the same interpreter and entry point, without our option."""
     args, skip_next = [], False
@@ -272,10 +397,10 @@ def _inner_command(config) -> list:
         if skip_next:
             skip_next = False
             continue
-        if arg in (f"{OPTION}-cpus", f"{OPTION}-memory", f"{OPTION}-timeout"):
+        if arg in VM_OPTIONS:
             skip_next = True  # and its value
             continue
-        if arg.startswith((f"{OPTION}-cpus=", f"{OPTION}-memory=", f"{OPTION}-timeout=")):
+        if arg.startswith(tuple(f"{option}=" for option in VM_OPTIONS)):
             continue
         args.append(arg)
     script = sys.argv[0] if sys.argv else ""
@@ -301,7 +426,8 @@ def pytest_cmdline_main(config):
     try:
         return vm.run(_inner_command(config), kernel=spec, cwd=str(config.invocation_params.dir), rwdirs=rwdirs,
                       cpus=config.getoption("linuxdmabuf_vm_cpus"), memory=config.getoption("linuxdmabuf_vm_memory"),
-                      timeout=config.getoption("linuxdmabuf_vm_timeout"))
+                      timeout=config.getoption("linuxdmabuf_vm_timeout"),
+                      append=config.getoption("linuxdmabuf_vm_append"))
     except (vm.VMError, vm.KernelError, OSError) as e:
         print(f"linuxdmabuf vm: {e}", file=sys.stderr, flush=True)
         return getattr(e, "status", vm.EXIT_RUNNER)

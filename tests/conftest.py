@@ -16,8 +16,8 @@ import os
 
 import pytest
 
-KERNEL_FIXTURES = {"dma_heap", "dma_heap_cma", "udmabuf", "sw_sync_timeline"}
-KERNEL_MARKERS = {"requires_udmabuf", "requires_dma_heap", "requires_sw_sync", "unprivileged"}
+KERNEL_FIXTURES = {"dma_heap", "dma_heap_cma", "udmabuf", "sw_sync_timeline", "vgem", "fence_source"}
+KERNEL_MARKERS = {"requires", "requires_udmabuf", "requires_dma_heap", "requires_sw_sync", "unprivileged"}
 
 
 def pytest_collection_modifyitems(items):

@@ -1,7 +1,7 @@
 """asyncio: SyncFile.wait_async and DmaBuf.wait_async on real fences, with no thread.
 
-Fences come from sw_sync (signaled by another task); vgem's driver fences are
-awaited in test_drm_vgem.py, which runs where sw_sync does not.
+Fences come from each fence source (`fence_source`: sw_sync timelines, vgem's
+driver fences), signaled by another task.
 """
 import asyncio
 import threading
@@ -33,15 +33,15 @@ def run(coro):
     return result
 
 
-async def advance_later(timeline, seconds: float, count: int = 1):
+async def signal_later(source, fence, seconds: float):
     await asyncio.sleep(seconds)
-    timeline.advance(count)
+    source.signal(fence)
 
 
-def test_signaled_by_another_task(sw_sync_timeline):
-    with sw_sync_timeline.create_fence(1) as fence:
+def test_signaled_by_another_task(fence_source):
+    with fence_source.fence() as fence:
         async def scenario():
-            signaler = asyncio.create_task(advance_later(sw_sync_timeline, 0.05))
+            signaler = asyncio.create_task(signal_later(fence_source, fence, 0.05))
             started = time.monotonic()
             assert await fence.wait_async() is True
             await signaler
@@ -51,10 +51,10 @@ def test_signaled_by_another_task(sw_sync_timeline):
         assert fence.signaled
 
 
-def test_the_loop_keeps_running_while_waiting(sw_sync_timeline):
+def test_the_loop_keeps_running_while_waiting(fence_source):
     """Other tasks run while a wait is pending: the fence is signaled only once a
     ticker task has ticked five times (a blocked loop would time the wait out)."""
-    with sw_sync_timeline.create_fence(1) as fence:
+    with fence_source.fence() as fence:
         async def scenario():
             ticks = 0
 
@@ -63,7 +63,7 @@ def test_the_loop_keeps_running_while_waiting(sw_sync_timeline):
                 while ticks < 5:
                     ticks += 1
                     await asyncio.sleep(0.005)
-                sw_sync_timeline.advance()
+                fence_source.signal(fence)
 
             tick = asyncio.create_task(ticker())
             assert await fence.wait_async(timeout=30) is True
@@ -73,8 +73,8 @@ def test_the_loop_keeps_running_while_waiting(sw_sync_timeline):
         assert run(scenario()) == 5
 
 
-def test_timeouts(sw_sync_timeline):
-    with sw_sync_timeline.create_fence(1) as fence:
+def test_timeouts(fence_source):
+    with fence_source.fence() as fence:
         async def scenario():
             started = time.monotonic()
             assert await fence.wait_async(timeout=0.05) is False
@@ -85,14 +85,14 @@ def test_timeouts(sw_sync_timeline):
         assert run(scenario()) >= 0.04
 
 
-def test_signaled_fence_returns_true_at_once_even_with_timeout_0(sw_sync_timeline):
-    with sw_sync_timeline.create_fence(0) as fence:  # the timeline is at 0 already
+def test_signaled_fence_returns_true_at_once_even_with_timeout_0(dma_heap):
+    with dma_heap.allocate(4096) as buf, buf.export_sync_file() as fence:  # an idle buffer's: signaled
         assert run(fence.wait_async(timeout=0)) is True
         assert run(fence.wait_async()) is True
 
 
-def test_cancellation_leaves_nothing_registered_or_open(sw_sync_timeline):
-    with sw_sync_timeline.create_fence(1) as fence:
+def test_cancellation_leaves_nothing_registered_or_open(fence_source):
+    with fence_source.fence() as fence:
         before = open_fds()
 
         async def scenario():
@@ -109,8 +109,8 @@ def test_cancellation_leaves_nothing_registered_or_open(sw_sync_timeline):
         assert open_fds() == before
 
 
-def test_timeout_inside_wait_for_and_timeout_leave_nothing(sw_sync_timeline):
-    with sw_sync_timeline.create_fence(1) as fence:
+def test_timeout_inside_wait_for_and_timeout_leave_nothing(fence_source):
+    with fence_source.fence() as fence:
         async def scenario():
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(fence.wait_async(), 0.02)
@@ -119,24 +119,24 @@ def test_timeout_inside_wait_for_and_timeout_leave_nothing(sw_sync_timeline):
         run(scenario())
 
 
-def test_concurrent_waits_on_one_fence_all_complete(sw_sync_timeline):
+def test_concurrent_waits_on_one_fence_all_complete(fence_source):
     """Each wait watches its own dup: one waiter's registration never replaces another's."""
-    with sw_sync_timeline.create_fence(1) as fence:
+    with fence_source.fence() as fence:
         async def scenario():
             waiters = [asyncio.create_task(fence.wait_async(timeout=5)) for _ in range(3)]
             await asyncio.sleep(0.02)
             early = asyncio.create_task(fence.wait_async(timeout=0.01))
             assert await early is False  # and ends its watch without disturbing the others
-            sw_sync_timeline.advance()
+            fence_source.signal(fence)
             return await asyncio.gather(*waiters)
 
         assert run(scenario()) == [True, True, True]
 
 
-def test_closing_the_sync_file_while_awaited(sw_sync_timeline):
+def test_closing_the_sync_file_while_awaited(fence_source):
     """The wait watches its own dup of the fd: it still completes, and the old fd number
     (which may be reused at once) is never touched."""
-    fence = sw_sync_timeline.create_fence(1)
+    fence = fence_source.fence()
 
     async def scenario():
         waiter = asyncio.create_task(fence.wait_async(timeout=5))
@@ -144,7 +144,7 @@ def test_closing_the_sync_file_while_awaited(sw_sync_timeline):
         fence.close()
         reused = open("/dev/null")  # likely takes the number just freed
         try:
-            sw_sync_timeline.advance()
+            fence_source.signal(fence)
             return await waiter
         finally:
             reused.close()
@@ -175,9 +175,9 @@ def sw_sync(sw_sync_timeline):
         timeline.close()
 
 
-def test_dmabuf_read_wait_follows_a_write_fence(dma_heap, sw_sync_timeline):
+def test_dmabuf_read_wait_follows_a_write_fence(dma_heap, fence_source):
     with dma_heap.allocate(4096) as buf:
-        with sw_sync_timeline.create_fence(1) as fence:
+        with fence_source.fence() as fence:
             buf.import_sync_file(fence, write=True)
 
         async def scenario():
@@ -187,21 +187,21 @@ def test_dmabuf_read_wait_follows_a_write_fence(dma_heap, sw_sync_timeline):
                        asyncio.create_task(buf.wait_async(write=True, timeout=5))]
             await asyncio.sleep(0.02)
             assert not any(r.done() for r in readers)
-            sw_sync_timeline.advance()
+            fence_source.signal(fence)
             return await asyncio.gather(*readers)
 
         assert run(scenario()) == [True, True]
 
 
-def test_dmabuf_read_fence_blocks_writers_only(dma_heap, sw_sync_timeline):
+def test_dmabuf_read_fence_blocks_writers_only(dma_heap, fence_source):
     with dma_heap.allocate(4096) as buf:
-        with sw_sync_timeline.create_fence(1) as fence:
+        with fence_source.fence() as fence:
             buf.import_sync_file(fence, write=False)
 
         async def scenario():
             assert await buf.wait_async(timeout=0) is True  # readers do not wait for readers
             writer = asyncio.create_task(buf.wait_async(write=True))
-            signaler = asyncio.create_task(advance_later(sw_sync_timeline, 0.02))
+            signaler = asyncio.create_task(signal_later(fence_source, fence, 0.02))
             result = await writer
             await signaler
             return result
@@ -209,9 +209,9 @@ def test_dmabuf_read_fence_blocks_writers_only(dma_heap, sw_sync_timeline):
         assert run(scenario()) is True
 
 
-def test_dmabuf_wait_async_cancelled(dma_heap, sw_sync_timeline):
+def test_dmabuf_wait_async_cancelled(dma_heap, fence_source):
     with dma_heap.allocate(4096) as buf:
-        with sw_sync_timeline.create_fence(1) as fence:
+        with fence_source.fence() as fence:
             buf.import_sync_file(fence, write=True)
         before = open_fds()
 
@@ -224,12 +224,12 @@ def test_dmabuf_wait_async_cancelled(dma_heap, sw_sync_timeline):
 
         run(scenario())
         assert open_fds() == before
-        sw_sync_timeline.advance()
+        fence_source.signal(fence)
         assert buf.wait(timeout=0)
 
 
-def test_bad_arguments(dma_heap, sw_sync_timeline):
-    with dma_heap.allocate(4096) as buf, sw_sync_timeline.create_fence(1) as fence:
+def test_bad_arguments(dma_heap, fence_source):
+    with dma_heap.allocate(4096) as buf, fence_source.fence() as fence:
         for waitable in (fence.wait_async, buf.wait_async):
             with pytest.raises(ValueError):
                 run(waitable(timeout=-1))

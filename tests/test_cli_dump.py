@@ -11,6 +11,7 @@ import pytest
 
 from holders import Holder
 from linuxdmabuf.cli import dump
+from linuxdmabuf.pytest_plugin import need
 
 # -- host side: the kernel's text, as captured on 7.2 ------------------------------------------------
 
@@ -197,10 +198,9 @@ def scenario():
     """
     import linuxdmabuf
 
-    try:
-        heap, udmabuf = linuxdmabuf.Heap("system"), linuxdmabuf.Udmabuf()
-    except OSError as e:
-        pytest.skip(f"{e.strerror} (kernel {os.uname().release})")
+    need("heap:system")
+    need("udmabuf")
+    heap, udmabuf = linuxdmabuf.Heap("system"), linuxdmabuf.Udmabuf()
     a, b, c = Holder(), Holder(), Holder()
     bufs = {}
     try:

@@ -2,7 +2,7 @@
 child process (tests/fuzz_driver.py), so that a crash of the interpreter fails the
 test instead of killing pytest.
 
-CI runs a dozen hypothesis examples per callable (each run draws new ones); LINUXDMABUF_LONG=1 runs
+CI runs a dozen hypothesis examples per callable (seeded: LINUXDMABUF_SEED draws others); LINUXDMABUF_LONG=1 runs
 1,000. The child writes no hypothesis database.
 """
 import json

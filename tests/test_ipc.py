@@ -13,6 +13,7 @@ import pytest
 import mp_workers
 from helpers import cloexec, open_fds
 import linuxdmabuf
+from linuxdmabuf.pytest_plugin import has, need
 from linuxdmabuf import DmaBuf, Heap, SyncFile, ipc
 
 pytestmark = pytest.mark.usefixtures("dmabuf_leak_check")
@@ -229,10 +230,8 @@ HOLDER = """
 def holder():
     """One child process holding a buffer and a fence, shared by the from_pid tests
     (each Python start costs seconds under emulation)."""
-    try:
-        linuxdmabuf.allocate(4096).close()
-    except OSError as e:
-        pytest.skip(f"no dma-buf provider on kernel {os.uname().release}: {e.strerror}")
+    if not has("heap:system"):
+        need("udmabuf")
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:

@@ -89,13 +89,12 @@ def _blocked_waiter(wait, timeout):
     return thread, box
 
 
-@pytest.mark.requires_sw_sync
 @pytest.mark.parametrize("kind", ["SyncFile.wait", "DmaBuf.wait", "DmaBuf.wait(write=True)"])
-def test_a_blocked_wait_outlives_close_and_number_reuse(kind, dma_heap, sw_sync_timeline):
+def test_a_blocked_wait_outlives_close_and_number_reuse(kind, dma_heap, fence_source):
     """close() in another thread during a wait, and the number reused by a readable pipe:
     the wait goes on on the fence it began with and times out (the fence never signals)."""
     buf = dma_heap.allocate(PAGE)
-    fence = sw_sync_timeline.create_fence(1)
+    fence = fence_source.fence()
     buf.import_sync_file(fence)
     obj = fence if kind == "SyncFile.wait" else buf
     wait = {"SyncFile.wait": fence.wait, "DmaBuf.wait": lambda t: buf.wait(timeout=t),
@@ -113,34 +112,32 @@ def test_a_blocked_wait_outlives_close_and_number_reuse(kind, dma_heap, sw_sync_
         fence.close()
 
 
-@pytest.mark.requires_sw_sync
-def test_a_blocked_wait_sees_its_fence_signal_after_close(dma_heap, sw_sync_timeline):
-    with sw_sync_timeline.create_fence(1) as fence:
+def test_a_blocked_wait_sees_its_fence_signal_after_close(dma_heap, fence_source):
+    with fence_source.fence() as fence:
         thread, box = _blocked_waiter(fence.wait, 30)
         fd = fence.fileno()
         fence.close()
         reuse_number(fd)
         try:
-            sw_sync_timeline.advance()
+            fence_source.signal(fence)
             thread.join(30)
             assert box["result"] is True and box["seconds"] < 30
         finally:
             os.close(fd)
 
 
-@pytest.mark.requires_sw_sync
-def test_a_blocked_sync_start_completes_after_close(dma_heap, sw_sync_timeline):
+def test_a_blocked_sync_start_completes_after_close(dma_heap, fence_source):
     """DMA_BUF_IOCTL_SYNC holds the file while it waits for the fences: closing the
     object meanwhile neither breaks it nor redirects it; the later sync_end is refused."""
     buf = dma_heap.allocate(PAGE)
-    with sw_sync_timeline.create_fence(1) as fence:
+    with fence_source.fence() as fence:
         buf.import_sync_file(fence)
     thread, box = _blocked_waiter(lambda _: buf.sync_start(), None)
     fd = buf.fileno()
     buf.close()
     reuse_number(fd)
     try:
-        sw_sync_timeline.advance()
+        fence_source.signal(fence)
         thread.join(30)
         assert "result" in box and box["result"] is None
         with pytest.raises(ValueError, match="closed"):

@@ -206,17 +206,6 @@ def test_the_array_keeps_the_buffer_alive_after_close(dma_heap):
         witness.close()
 
 
-@pytest.fixture
-def vgem():
-    from linuxdmabuf.drm import Vgem
-
-    try:
-        device = Vgem()
-    except OSError as e:
-        pytest.skip(f"no usable vgem on kernel {os.uname().release}: {e.strerror}")
-    with device:
-        yield device
-
 
 @pytest.mark.kernel
 def test_vgem_dumb_buffer_as_a_frame(vgem, dmabuf_leak_check):

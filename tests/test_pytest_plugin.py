@@ -104,9 +104,9 @@ def expected_outcomes():
     # The kernels here have a system heap and CMA heaps only: any other heap is a CMA one.
     cma = [h for h in heaps if h != "system"]
     if not cma:
-        cma_outcome = "skipped", ["no CMA dma-heap", "CONFIG_DMABUF_HEAPS_CMA"]
+        cma_outcome = "skipped", ["no CMA heap", "CONFIG_DMABUF_HEAPS_CMA"]
     elif not any(os.access(f"/dev/dma_heap/{h}", os.R_OK) for h in cma):
-        cma_outcome = "skipped", ["no CMA dma-heap this user may open", "Permission denied", "udmabuf-setup.sh"]
+        cma_outcome = "skipped", ["no CMA heap this user may open", "Permission denied"]
     else:
         cma_outcome = ("passed",)
     mount = debugfs()
@@ -119,7 +119,7 @@ def expected_outcomes():
     else:
         sw_sync = ("passed",)
     if not heaps:
-        any_heap = "skipped", ["no dma-heap: /dev/dma_heap is empty or missing"]
+        any_heap = "skipped", ["dma_heap: /dev/dma_heap is empty or missing"]
     elif any(os.access(f"/dev/dma_heap/{h}", os.R_OK) for h in heaps):
         any_heap = ("passed",)
     else:
@@ -182,7 +182,7 @@ def test_x():
     result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(
-        ["SKIPPED [[]1[]] test_plugin_gen_where.py:[0-9]: no dma-heap /dev/dma_heap/no-such-heap*"])
+        ["SKIPPED [[]1[]] test_plugin_gen_where.py:[0-9]: heap:no-such-heap: no dma-heap /dev/dma_heap/no-such-heap*"])
 
 
 def test_plugin_is_inert_unless_used(pytester, monkeypatch):
@@ -305,6 +305,14 @@ def test_spec_after_equals_sign_and_vm_options(project, stub_vm):
     assert cmd[-3:] == ["-k", "one", "sub"]
 
 
+def test_kernel_command_line_reaches_the_runner(project, stub_vm):
+    result = project.runpytest_inprocess("--linuxdmabuf-vm", "--linuxdmabuf-vm-append", "cma=0",
+                                         "--linuxdmabuf-vm-append=vkms.enable_overlay=1", "sub")
+    assert result.ret == 7
+    [(cmd, kwargs)] = stub_vm
+    assert kwargs["append"] == ["cma=0", "vkms.enable_overlay=1"] and not any("append" in arg for arg in cmd)
+
+
 def test_option_typo_fails_before_any_vm(project, stub_vm):
     result = project.runpytest_inprocess("--linuxdmabuf-vm", "--maxfial=1", "sub")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -403,9 +411,10 @@ def test_session_on_a_stock_kernel(pytester):
     code, out, err = pytest_in_vm(pytester.path, "--linuxdmabuf-vm=debian-7.2", "-rs")
     assert code == 1, out + err
     assert "linuxdmabuf-vm: guest kernel 7.2." in out and "(debian-7.2); devices: /dev/udmabuf" in out
+    assert "features expected: udmabuf, heap:system, drm:vgem, v4l2:vivid, trace:dma_buf; missing: none" in out
     assert "2 passed, 2 skipped" in out and "1 failed" in out and "assert (1 + 1) == 3" in out
     assert "this kernel has no sw_sync (CONFIG_SW_SYNC)" in out
-    assert "no CMA dma-heap -- this kernel has none: it needs CONFIG_DMABUF_HEAPS_CMA" in out
+    assert "cma_heap: no CMA heap under /dev/dma_heap -- needs a CMA dma-heap (CONFIG_DMABUF_HEAPS_CMA" in out
     assert "linuxdmabuf vm: debian-7.2 kernel 7.2." in err and "booted in" in err
 
 

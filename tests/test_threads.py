@@ -12,7 +12,7 @@ import time
 import pytest
 from reliability import at_baseline, scaled
 
-from linuxdmabuf import SwSyncTimeline, SyncFile
+from linuxdmabuf import SyncFile
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 THREADS = 8
@@ -23,19 +23,17 @@ pytestmark = pytest.mark.kernel
 class Shared:
     """The objects all threads use at once."""
 
-    def __init__(self, heap, udmabuf, timeline):
-        self.heap, self.udmabuf, self.timeline = heap, udmabuf, timeline
+    def __init__(self, heap, udmabuf, fence_source):
+        self.heap, self.udmabuf = heap, udmabuf
         self.buf = heap.allocate(THREADS * PAGE)  # page i belongs to thread i
         self.ubuf = udmabuf.allocate(THREADS * PAGE)
-        self.pending = timeline.create_fence(2**31 - 1) if timeline else None  # never signals during the test
+        self.pending = fence_source.fence()  # not signaled during the test
         self.busy = heap.allocate(PAGE)
-        if self.pending:
-            self.busy.import_sync_file(self.pending)
+        self.busy.import_sync_file(self.pending)
 
     def close(self):
         for obj in (self.buf, self.ubuf, self.busy, self.pending):
-            if obj:
-                obj.close()
+            obj.close()
 
 
 def _sync_pair_and_own_page(shared, i, rng):
@@ -62,10 +60,9 @@ def _export_idle(shared, i, rng):
 
 def _wait_idle_and_busy(shared, i, rng):
     assert shared.buf.wait(timeout=0) and shared.ubuf.wait(write=True, timeout=1)
-    if shared.pending:
-        assert not shared.busy.wait(timeout=0.002) and not shared.pending.wait(0.002)
-        with shared.busy.export_sync_file() as fence:
-            assert not fence.wait(0.001)
+    assert not shared.busy.wait(timeout=0.002) and not shared.pending.wait(0.002)
+    with shared.busy.export_sync_file() as fence:
+        assert not fence.wait(0.001)
 
 
 def _allocate(shared, i, rng):
@@ -76,9 +73,7 @@ def _allocate(shared, i, rng):
 
 
 def _merge(shared, i, rng):
-    if not shared.timeline:
-        return
-    with shared.timeline.create_fence(0) as done, SyncFile.merge_all([done, shared.pending]) as merged:
+    with shared.buf.export_sync_file() as done, SyncFile.merge_all([done, shared.pending]) as merged:
         assert len(merged.info().fences) == 1 and not merged.signaled
 
 
@@ -97,12 +92,10 @@ OPERATIONS = [_sync_pair_and_own_page, _read_write_helpers, _export_idle, _wait_
 
 
 @pytest.mark.slow
-def test_eight_threads_on_shared_objects(dma_heap, udmabuf):
-    try:
-        timeline = SwSyncTimeline()
-    except OSError:
-        timeline = None  # no sw_sync here: the fence operations are left out
-    shared = Shared(dma_heap, udmabuf, timeline)
+def test_eight_threads_on_shared_objects(dma_heap, udmabuf, fence_source):
+    # vgem signals its fences by itself after 10 s: the pending one must outlive the run.
+    seconds = min(SECONDS, 8) if fence_source.name == "vgem" else SECONDS
+    shared = Shared(dma_heap, udmabuf, fence_source)
     errors, counts = [], [0] * THREADS
     start = threading.Barrier(THREADS)
 
@@ -110,7 +103,7 @@ def test_eight_threads_on_shared_objects(dma_heap, udmabuf):
         rng = random.Random(i)
         try:
             start.wait()
-            end = time.monotonic() + SECONDS
+            end = time.monotonic() + seconds
             while time.monotonic() < end:
                 rng.choice(OPERATIONS)(shared, i, rng)
                 counts[i] += 1
@@ -123,15 +116,13 @@ def test_eight_threads_on_shared_objects(dma_heap, udmabuf):
             for t in threads:
                 t.start()
             for t in threads:
-                t.join(SECONDS + 120)
+                t.join(seconds + 120)
             assert not any(t.is_alive() for t in threads)
     finally:
         shared.close()
-        if timeline:
-            timeline.close()
     assert not errors, errors
     assert all(counts), counts
-    print(f"\n{THREADS} threads for {SECONDS} s: {sum(counts)} operations ({counts})")
+    print(f"\n{THREADS} threads for {seconds} s, {fence_source.name} fences: {sum(counts)} operations ({counts})")
 
 
 # -- the GIL is released while blocked ----------------------------------------------------------
@@ -212,21 +203,21 @@ def test_the_gil_probe_sees_a_held_gil():
     assert ratio < 0.25
 
 
-@pytest.mark.requires_sw_sync
 @pytest.mark.parametrize("kind", ["SyncFile.wait()", "DmaBuf.wait()", "DmaBuf.wait(write=True)", "DmaBuf.sync_start()"])
-def test_gil_released_while_blocked_on_an_unsignaled_fence(kind, dma_heap, sw_sync_timeline):
-    """A counting thread keeps counting while another is blocked on a sw_sync fence,
-    about as much as while the other sleeps; holding the GIL would stall it (ratio near 0)."""
+def test_gil_released_while_blocked_on_an_unsignaled_fence(kind, dma_heap, fence_source):
+    """A counting thread keeps counting while another is blocked on an unsignaled fence,
+    about as much as while the other sleeps; holding the GIL would stall it (ratio near 0,
+    the control above). The ratios are printed; the bound only tells "counts" from "stalled"."""
     buf = dma_heap.allocate(PAGE)
     made = []
 
     def prepare(round_):
-        fence = sw_sync_timeline.create_fence(round_ + 1)
+        fence = fence_source.fence()
         made.append(fence)
         buf.import_sync_file(fence)
         call = {"SyncFile.wait()": fence.wait, "DmaBuf.wait()": buf.wait,
                 "DmaBuf.wait(write=True)": lambda: buf.wait(write=True), "DmaBuf.sync_start()": buf.sync_start}[kind]
-        return call, sw_sync_timeline.advance
+        return call, lambda: fence_source.signal(fence)
 
     try:
         ratio, blocked, idle = gil_ratio(prepare)
@@ -237,5 +228,6 @@ def test_gil_released_while_blocked_on_an_unsignaled_fence(kind, dma_heap, sw_sy
         buf.close()
         for fence in made:
             fence.close()
-    print(f"\n{kind}: counter {blocked}/s while blocked vs {idle}/s while sleeping: ratio {ratio:.2f}")
-    assert ratio > 0.3, (blocked, idle)
+    print(f"\n{kind} ({fence_source.name}): counter {blocked}/s while blocked vs {idle}/s while sleeping: "
+          f"ratio {ratio:.2f}")
+    assert ratio > 0.1, (blocked, idle)

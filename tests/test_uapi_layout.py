@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -77,7 +78,7 @@ def _include_dir() -> str:
     explicit = os.environ.get("LINUXDMABUF_UAPI_INCLUDE")
     if explicit:
         return explicit
-    done = subprocess.run([os.path.join(TOP, ".venv", "bin", "python"), os.path.join(TOP, "tools", "uapi-headers")],
+    done = subprocess.run([sys.executable, os.path.join(TOP, "tools", "uapi-headers")],
                           capture_output=True, text=True)
     return done.stdout.strip() or "/usr/include"
 

@@ -1,4 +1,5 @@
 """Argument checks that need no kernel object: they run on any host."""
+import errno
 import os
 
 import pytest
@@ -26,8 +27,9 @@ def test_adopt_bad_arguments(cls):
     try:
         with pytest.raises(TypeError, match="fromfd"):
             cls(open(os.devnull))  # an object with fileno(): adopting it would double-close
-        with pytest.raises(OSError):  # a closed fd number
+        with pytest.raises(OSError) as info:  # a closed fd number
             cls(_closed_fd())
+        assert info.value.errno == errno.EBADF
     finally:
         os.close(r)
         os.close(w)

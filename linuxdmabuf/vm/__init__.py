@@ -26,9 +26,10 @@ import tempfile
 import threading
 import time
 
-from .kernels import SPECS, Kernel, KernelError, cache_dir, resolve
+from .kernels import EXPECTED, MODULES, SPECS, Kernel, KernelError, cache_dir, resolve
 
-__all__ = ["run", "resolve", "Kernel", "KernelError", "VMError", "Terminated", "SPECS", "accelerator"]
+__all__ = ["run", "resolve", "Kernel", "KernelError", "VMError", "Terminated", "SPECS", "EXPECTED", "accelerator",
+           "extra_append"]
 
 # Exit statuses of the runner itself, chosen like timeout(1) and env(1).
 EXIT_TIMEOUT = 124
@@ -176,6 +177,12 @@ def _terminate_as_exit():
             signal.signal(sig, handler)
 
 
+def extra_append() -> list:
+    """$LINUXDMABUF_VM_APPEND: kernel command-line arguments every VM of this runner gets (e.g. "cma=0")."""
+    extra = os.environ.get("LINUXDMABUF_VM_APPEND", "").strip()
+    return [extra] if extra else []
+
+
 def _closed_ancestors(paths) -> list:
     """Directories on the way to `paths` that others may not traverse (mode without o+x)."""
     found = set()
@@ -199,8 +206,13 @@ def _guest_script(outdir: str, cmd: list, cwd: str, env: dict, user: str | None,
         'exec >"$out/stdout" 2>"$out/stderr" </dev/null',
         'uname -r >"$out/release"',
         ': >"$out/started"',  # booted: from here on, a failure is the command's, not the kernel's
-        # Debian's stock kernels build vgem as a module; the full kernel has no modules.
-        "modprobe -q vgem 2>/dev/null",
+        # Debian's stock kernels build udmabuf, vgem and vivid as modules; the
+        # full kernel has no modules (and no modules.dep): nothing to load.
+        'if [ -e "/lib/modules/$(uname -r)/modules.dep" ]; then',
+        f"  for m in {' '.join(MODULES)}; do",
+        '    msg=$(modprobe "$m" 2>&1) || echo "linuxdmabuf vm: modprobe $m failed: $msg" >&2',
+        "  done",
+        "fi",
         *(f"export {k}={q(v)}" for k, v in sorted(env.items())),
         f"export LINUXDMABUF_IN_VM=1 LINUXDMABUF_VM_KERNEL={q(spec)} PYTHONUNBUFFERED=1",
     ]
@@ -268,7 +280,10 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
     default ours). `user` runs it as that user of this machine instead of
     root. `rwdirs` are host directories the guest may write to (the rest of
     the filesystem is read-only there). `append` adds kernel command-line
-    arguments. Directories on the way to `cwd` and to the command are made
+    arguments, and so does $LINUXDMABUF_VM_APPEND (for every VM of this
+    runner: the test command, ``linuxdmabuf vm``, the pytest plugin). Where
+    the kernel has modules, the guest loads udmabuf, vgem and vivid first
+    (a failure is reported on the command's stderr). Directories on the way to `cwd` and to the command are made
     traversable by every user inside the VM (a guest-only change, so that
     unprivileged users can run the same venv). Inside, $LINUXDMABUF_IN_VM is
     1 and $LINUXDMABUF_VM_KERNEL the spec. A VM that dies or hangs before the
@@ -309,6 +324,7 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
     if not isinstance(kernel, Kernel):
         kernel = resolve(kernel, log=log)
     accel = accelerator(kernel, qemu)
+    append = [*append, *extra_append()]
 
     with tempfile.TemporaryDirectory(prefix="linuxdmabuf-vm-") as outdir:
         os.chmod(outdir, 0o755)

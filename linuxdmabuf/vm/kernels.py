@@ -38,6 +38,25 @@ CONFIG_FRAGMENT = os.path.join(HERE, "dmabuf.config")
 DEBIAN = {"debian-7.2": ("unstable", "7.2"), "debian-6.12": ("trixie", "6.12")}
 SPECS = ("full", *DEBIAN)
 
+# What each kernel of the matrix must have (linuxdmabuf.probe's feature names).
+# Inside the VM, a test needing one of these fails, naming it, instead of
+# skipping; tools/run-tests prints per kernel what was expected and what is
+# missing. The full kernel is ../shared/kernels' (or one built from
+# dmabuf.config, which registers its CMA area twice, as these two names);
+# Debian's have udmabuf and the system heap built in, vgem and vivid as
+# modules (the runner loads them), the dma_buf trace events from 7.0 on.
+EXPECTED = {
+    "full": ("udmabuf", "heap:system", "cma_heap:default_cma_region", "cma_heap:reserved", "sw_sync", "drm:vgem",
+             "drm:vkms", "v4l2:vivid", "v4l2:vim2m", "v4l2:vicodec", "debugfs:bufinfo", "trace:dma_buf"),
+    "debian-7.2": ("udmabuf", "heap:system", "drm:vgem", "v4l2:vivid", "trace:dma_buf"),
+    "debian-6.12": ("udmabuf", "heap:system", "drm:vgem", "v4l2:vivid"),
+}
+
+# Modules the runner loads in every guest whose kernel has modules (a kernel
+# with them built in, or without them, is left as it is; a failure is
+# reported on the command's stderr).
+MODULES = ("udmabuf", "vgem", "vivid")
+
 
 class KernelError(Exception):
     """A kernel spec that cannot be resolved, fetched or built; the message says why and what to do."""
