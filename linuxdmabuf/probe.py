@@ -195,6 +195,8 @@ def _trace(system):
 
     for root in ("/sys/kernel/tracing", os.path.join(debugfs_mount() or "/nonexistent", "tracing")):
         events = os.path.join(root, "events")
+        if os.path.isdir(root) and not os.access(root, os.R_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"{root} is readable by root only")
         if os.path.isdir(events):
             if os.path.isdir(os.path.join(events, system)):
                 return None

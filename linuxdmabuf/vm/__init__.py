@@ -210,6 +210,7 @@ def _guest_script(outdir: str, cmd: list, cwd: str, env: dict, user: str | None,
         # full kernel has no modules (and no modules.dep): nothing to load.
         'if [ -e "/lib/modules/$(uname -r)/modules.dep" ]; then',
         f"  for m in {' '.join(MODULES)}; do",
+        '    [ -d "/sys/module/$m" ] && continue',  # built in (with parameters) or loaded already
         '    msg=$(modprobe "$m" 2>&1) || echo "linuxdmabuf vm: modprobe $m failed: $msg" >&2',
         "  done",
         "fi",
