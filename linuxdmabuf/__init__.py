@@ -6,6 +6,7 @@ timelines for tests (:class:`SwSyncTimeline`), on the kernel's own ioctls.
 """
 import errno
 
+from ._fd import UnclosedWarning
 from ._sys import UnsupportedError
 from .dmabuf import DmaBuf, DmaBufInfo
 from .heap import Heap
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DmaBuf", "DmaBufInfo", "FenceInfo", "FenceStatus", "Heap", "SwSyncTimeline", "SyncFile",
-    "SyncFileInfo", "Udmabuf", "UnsupportedError", "allocate", "features",
+    "SyncFileInfo", "Udmabuf", "UnclosedWarning", "UnsupportedError", "allocate", "features",
 ]
 
 

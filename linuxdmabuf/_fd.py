@@ -3,37 +3,43 @@
 Modelled on ``socket.socket`` and ``io.FileIO``: the object owns exactly one
 fd; ``close()`` is idempotent and forgets the number before closing it, so a
 closed object can never touch an fd number that has since been reused; an
-object collected while open closes its own fd and warns with ResourceWarning.
+object collected while open closes its own fd and warns with
+:class:`UnclosedWarning` (a ResourceWarning), from ``__del__``, as CPython's
+own pure-Python fd owners do (asyncio's transports, ``subprocess.Popen``;
+safe with reference cycles since PEP 442). That costs nothing when an object
+is made and one C-level slot call when it goes: the weak-reference
+bookkeeping it replaces cost 3x more per object (BENCHMARKS.md).
+
+Threads: like ``socket.socket``, closing an object while another thread is
+inside a call on it is the caller's bug. The library guarantees only what
+CPython's own fd objects do: the number is forgotten before it is closed,
+so a call made after close() raises ValueError and never reaches a reused
+number; a call already inside the kernel (a blocked wait, SYNC START) goes on
+on the file it started with (waits poll a private dup).
 """
 import errno
 import os
 import warnings
-import weakref
 
-from ._sys import UnsupportedError, check_fd, fd_target, os_error
-
-
-# The objects that are open now: a weak reference to each -> (class name, fd).
-# When one is collected while still open, the weak reference's callback closes
-# its fd with a ResourceWarning, like an unclosed file. This is what
-# weakref.finalize does, without its per-object bookkeeping (atexit registry,
-# sequence numbers, info objects), which cost as much as a whole
-# DMA_HEAP_IOCTL_ALLOC under TCG (BENCHMARKS.md).
-_open = {}
+from ._sys import UnsupportedError, check_fd, check_int, fd_target, os_error
 
 
-def _collected(ref, _open=_open, _close=os.close, _warn=warnings.warn) -> None:
-    entry = _open.pop(ref, None)
-    if entry is not None:
-        cls_name, fd = entry
-        _warn(f"unclosed {cls_name} fd={fd}", ResourceWarning, stacklevel=2)
-        _close(fd)
+class UnclosedWarning(ResourceWarning):
+    """A linuxdmabuf object (fd or GEM handle) was garbage-collected while still open: it was closed then.
+
+    Raised from the object's ``__del__``, with the object as the warning's
+    source (so ``python -X tracemalloc`` shows where it was made).
+    """
+
+    __module__ = "linuxdmabuf"
 
 
 class FdObject:
-    """Owns one file descriptor. Subclasses define ``_validate(fd)``."""
+    """Owns one file descriptor. Subclasses define ``_validate(fd)``, and ``_attach(fd)`` if they
+    keep per-object state (a path, a driver name) derived from the fd."""
 
-    __slots__ = ("_fd", "_ref", "__weakref__")
+    __slots__ = ("_fd", "__weakref__")
+    _attach = None  # or a method: called once the object owns its fd; if it raises, the fd is closed
 
     def __init__(self, fd: int):
         """Adopt `fd`: the object owns it and closes it.
@@ -44,19 +50,63 @@ class FdObject:
         self._fd = -1
         fd = check_fd(fd, allow_fileno=False)
         self._validate(fd)
-        self._adopt(fd)
+        self._own(fd)
 
-    def _adopt(self, fd: int) -> None:
+    def _own(self, fd: int) -> None:
+        """Take `fd` (from here on, the object closes it whatever happens), then attach its state."""
         self._fd = fd
-        self._ref = ref = weakref.ref(self, _collected)
-        _open[ref] = (type(self).__name__, fd)
+        if self._attach is not None:
+            try:
+                self._attach(fd)
+            except BaseException:
+                self.close()
+                raise
+
+    def _open(self, path: str, flags: int, missing=None, denied: str = "", validate: bool = False) -> None:
+        """Open the device node `path` (with O_CLOEXEC) and own it: the one way device classes open theirs.
+
+        No node: `missing()` gives the exception (UnsupportedError naming the
+        kernel option where the kernel lacks the device); no permission: a
+        PermissionError with the hint `denied`. With `validate`, a node that
+        is not of this class's kind is a ValueError (and closed).
+        """
+        self._fd = -1
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            raise (missing() if missing else os_error(e.errno, f"open {path}")) from None
+        except PermissionError as e:
+            raise os_error(e.errno, f"open {path}", denied) from None
+        except OSError as e:
+            raise os_error(e.errno, f"open {path}") from None
+        if validate:
+            try:
+                self._validate(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        self._own(fd)
 
     @classmethod
     def _wrap(cls, fd: int):
         """An object owning `fd`, which the kernel just created for us (no checks)."""
         self = object.__new__(cls)
-        self._adopt(fd)
+        self._fd = fd
+        if cls._attach is not None:
+            self._own(fd)
         return self
+
+    def __del__(self, _warn=warnings.warn, _close=os.close):
+        try:
+            fd = self._fd
+        except AttributeError:  # __init__ failed before the object had an fd
+            return
+        if fd >= 0:
+            self._fd = -1
+            try:
+                _warn(f"unclosed {type(self).__name__} fd={fd}", UnclosedWarning, stacklevel=2, source=self)
+            finally:
+                _close(fd)
 
     def _validate(self, fd: int) -> None:
         raise NotImplementedError
@@ -85,8 +135,7 @@ class FdObject:
         ProcessLookupError if there is no such process; ValueError (and
         nothing kept) if that fd is not of this class's kind.
         """
-        if isinstance(pid, bool) or not isinstance(pid, int):
-            raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+        pid = check_int(pid, "pid")
         if not 0 < pid <= 2**31 - 1:  # a pid_t
             raise ValueError(f"pid must be a positive process id, not {pid}")
         target = _check_target_fd(fd)
@@ -143,19 +192,14 @@ class FdObject:
     def close(self) -> None:
         """Close the fd. Idempotent."""
         fd = self._fd
-        if fd < 0:
-            return
-        self._fd = -1  # first: no other thread or later call can see the number again
-        try:
-            _open.pop(self._ref, None)
-        finally:
+        if fd >= 0:
+            self._fd = -1  # first: no later call can see the number again
             os.close(fd)
 
     def detach(self) -> int:
         """Give the fd back to the caller without closing it; the object becomes closed."""
         fd = self.fileno()
         self._fd = -1
-        _open.pop(self._ref, None)
         return fd
 
     def dup(self):

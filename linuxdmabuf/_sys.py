@@ -7,7 +7,9 @@ ioctl the running kernel does not know becomes :class:`UnsupportedError`.
 """
 import errno
 import math
+import operator
 import os
+import re
 import select
 import time
 
@@ -23,6 +25,25 @@ class UnsupportedError(OSError):
 GRANT_ACCESS = ("grant access with a udev rule for a group you are in "
                 "(udmabuf-setup.sh from linuxdmabuf's source does exactly that), "
                 "or see `python -m linuxdmabuf info`")
+
+
+def module_available(name: str) -> bool:
+    """Whether the running kernel has a loadable module `name` (listed in its modules.dep)."""
+    pattern = re.compile(rf"/{re.escape(name).replace('_', '[_-]')}\.ko(\.\w+)?:")
+    try:
+        with open(f"/lib/modules/{os.uname().release}/modules.dep") as f:
+            return any(pattern.search(line) for line in f)
+    except OSError:
+        return False
+
+
+def missing_device(path: str, what: str, option: str, module: str | None = None) -> OSError:
+    """The error for a device node that does not exist: where a module of this kernel would make
+    it, FileNotFoundError saying to load it; else UnsupportedError, the kernel lacking `option`."""
+    if module and module_available(module):
+        return os_error(errno.ENOENT, f"open {path}", f"the {module} module is not loaded: sudo modprobe {module}")
+    return UnsupportedError(errno.ENOENT, f"open {path}: {os.strerror(errno.ENOENT)} -- this kernel has no {what} "
+                                          f"({option})")
 
 
 def os_error(err: int, what: str, fix: str = "") -> OSError:
@@ -75,6 +96,19 @@ def ioctl_failed(fd: int, request: int, arg, what: str, fixes=None, again: bool 
     raise os_error(err, what, fixes.get(err, "") if fixes else "")
 
 
+def check_int(value, what: str) -> int:
+    """An integer argument: an int or any integer type (numpy's: operator.index(), as os and mmap
+    accept), never a bool."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, not bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
+
+
 _FOREVER = 2**53  # seconds: about 285 million years
 
 
@@ -83,7 +117,9 @@ def check_timeout(timeout) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+        if isinstance(timeout, bool) or not hasattr(timeout, "__index__"):
+            raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+        timeout = operator.index(timeout)  # numpy integers
     if timeout > _FOREVER:
         return None  # inf, and anything longer than any lifetime (an int too big for a float...): no limit
     if timeout < 0 or math.isnan(timeout):
@@ -149,6 +185,8 @@ def check_fd(fd, allow_fileno: bool = True) -> int:
     """The fd number of an int (or, if allowed, of an object with fileno())."""
     if isinstance(fd, bool):
         raise TypeError("expected a file descriptor (int), not bool")
+    if not isinstance(fd, int) and hasattr(fd, "__index__"):
+        fd = operator.index(fd)  # numpy integers
     if not isinstance(fd, int):
         if not allow_fileno:
             raise TypeError(f"expected a file descriptor (int) to adopt, not {type(fd).__name__}; "

@@ -8,7 +8,7 @@ from collections import namedtuple
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import check_timeout, encode_name, fd_target, ioctl, ioctl_failed, poll_fd, raw_ioctl
+from ._sys import check_int, check_timeout, encode_name, fd_target, ioctl, ioctl_failed, poll_fd, raw_ioctl
 from ._uapi import PAGE_SIZE, ffi
 from .syncfile import SyncFile, check_sync_file, wait_readable_async
 
@@ -138,6 +138,10 @@ class DmaBuf(FdObject):
     def __len__(self) -> int:
         return self.size
 
+    def __bool__(self) -> bool:
+        """Always true, open or closed, like a file object (not len() != 0, which would seek)."""
+        return True
+
     @property
     def inode(self) -> int:
         """The buffer's identity: its inode number, the same for every fd of it in any process."""
@@ -221,14 +225,13 @@ class DmaBuf(FdObject):
         """
         fd = self.fileno()
         size = self.size
-        if isinstance(offset, bool) or not isinstance(offset, int):
-            raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+        offset = check_int(offset, "offset")
         if offset < 0 or offset % mmap.ALLOCATIONGRANULARITY:
             raise ValueError(f"offset {offset} must be a non-negative multiple of the page size ({mmap.ALLOCATIONGRANULARITY})")
         if length is None:
             length = size - offset
-        elif isinstance(length, bool) or not isinstance(length, int):
-            raise TypeError(f"length must be an int or None, not {type(length).__name__}")
+        else:
+            length = check_int(length, "length")
         if length <= 0 or offset + length > size:
             raise ValueError(f"cannot map {length} bytes at offset {offset} of a {size}-byte dma-buf")
         if writable is None:
@@ -270,8 +273,7 @@ class DmaBuf(FdObject):
     def _map_span(self, size: int, offset: int, writable: bool):
         """A mapping of the pages covering [offset, offset+size) and where offset falls
         in it; (0, None) for zero bytes, which mmap cannot map."""
-        if isinstance(size, bool) or not isinstance(size, int) or isinstance(offset, bool) or not isinstance(offset, int):
-            raise TypeError("size and offset must be ints")
+        size, offset = check_int(size, "size"), check_int(offset, "offset")
         total = self.size
         if offset < 0 or offset > total:
             raise ValueError(f"offset {offset} is outside the {total}-byte dma-buf")

@@ -24,8 +24,8 @@ import warnings
 from dataclasses import dataclass
 
 from . import _uapi
-from ._fd import FdObject
-from ._sys import UnsupportedError, fd_target, ioctl, os_error
+from ._fd import FdObject, UnclosedWarning
+from ._sys import UnsupportedError, check_int, fd_target, ioctl, os_error
 from ._uapi import ffi
 from .dmabuf import DmaBuf
 
@@ -34,6 +34,7 @@ __all__ = ["DrmDevice", "DrmVersion", "GemObject", "DumbBuffer", "Vgem", "DRM_MA
 DRM_MAJOR = 226  # every /dev/dri node's char major: "Direct Rendering Infrastructure (DRI)", admin-guide/devices.txt
 DRM_CLOEXEC = os.O_CLOEXEC  # include/uapi/drm/drm.h defines them as these open flags
 DRM_RDWR = os.O_RDWR
+DENIED = "DRM nodes are usually group video (card) or render (renderD): add yourself to the group, or run as root"
 VGEM_FENCE_TIMEOUT = 10.0  # seconds; drivers/gpu/drm/vgem/vgem_fence.c signals unsignaled fences then
 
 
@@ -62,8 +63,7 @@ def _query_version(fd: int) -> DrmVersion:
 
 
 def _check_uint32(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    value = check_int(value, what)
     if not 0 < value < 2**32:
         raise ValueError(f"{what} must be within 1..2**32-1, not {value}")
     return value
@@ -91,26 +91,12 @@ class DrmDevice(FdObject):
         self._fd = -1
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"expected a DRM node path or an fd to adopt, not {type(path).__name__}")
-        path = os.fspath(path)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except PermissionError as e:
-            raise os_error(e.errno, f"open {path}", "DRM nodes are usually group video (card) or render "
-                                                    "(renderD): add yourself to the group, or run as root") from None
-        except OSError as e:
-            raise os_error(e.errno, f"open {path}") from None
-        try:
-            self._validate(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._adopt(fd)
+        self._open(os.fspath(path), os.O_RDWR, denied=DENIED, validate=True)
 
-    def _adopt(self, fd: int) -> None:
+    def _attach(self, fd: int) -> None:
         self._path = fd_target(fd)
         self._version = None
         self._handles = weakref.WeakValueDictionary()  # handle -> the one open GemObject owning it
-        super()._adopt(fd)
 
     def _validate(self, fd: int) -> None:
         st = os.fstat(fd)
@@ -268,23 +254,16 @@ def _gem_close(device: DrmDevice, handle: int) -> None:
           {errno.EINVAL: f"no GEM handle {handle} on this DRM file (already closed?)"})
 
 
-def _collect_handle(device: DrmDevice, handle: int) -> None:
-    warnings.warn(f"unclosed GEM handle {handle} on {device.path}", ResourceWarning, stacklevel=2)
-    try:
-        _gem_close(device, handle)
-    except OSError:
-        pass
-
-
 class GemObject:
     """A GEM handle on one DRM file, released with close() (DRM_IOCTL_GEM_CLOSE).
 
     ``with`` closes it; an object collected while open closes its handle
-    with a ResourceWarning. After the DRM file is closed the kernel has
-    released the handle already and close() does nothing.
+    with an UnclosedWarning (a ResourceWarning), from ``__del__`` as fd
+    objects do. After the DRM file is closed the kernel has released the
+    handle already and close() does nothing.
     """
 
-    __slots__ = ("device", "_handle", "_finalizer", "__weakref__")
+    __slots__ = ("device", "_handle", "__weakref__")
 
     @classmethod
     def _make(cls, device: DrmDevice, handle: int, **fields):
@@ -293,10 +272,23 @@ class GemObject:
         self._handle = handle
         for name, value in fields.items():
             setattr(self, name, value)
-        self._finalizer = weakref.finalize(self, _collect_handle, device, handle)
-        self._finalizer.atexit = False
         device._handles[handle] = self
         return self
+
+    def __del__(self, _warn=warnings.warn):
+        try:
+            handle = self._handle
+        except AttributeError:  # never made
+            return
+        if handle is not None:
+            self._handle = None
+            try:
+                _warn(f"unclosed GEM handle {handle} on {self.device.path}", UnclosedWarning, source=self)
+            finally:
+                try:
+                    _gem_close(self.device, handle)
+                except OSError:
+                    pass
 
     @property
     def handle(self) -> int:
@@ -315,7 +307,6 @@ class GemObject:
         if handle is None:
             return
         self._handle = None
-        self._finalizer.detach()
         if self.device._handles.get(handle) is self:
             del self.device._handles[handle]
         _gem_close(self.device, handle)
@@ -356,7 +347,7 @@ class Vgem(DrmDevice):
             super().__init__(path)
             return
         self._fd = -1
-        self._adopt(DrmDevice.find("vgem").detach())
+        self._own(DrmDevice.find("vgem").detach())
 
     def _validate(self, fd: int) -> None:
         super()._validate(fd)

@@ -5,7 +5,7 @@ import stat
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import GRANT_ACCESS, fd_target, ioctl_failed, os_error, raw_ioctl
+from ._sys import GRANT_ACCESS, check_int, fd_target, ioctl_failed, missing_device, os_error, raw_ioctl
 from ._uapi import ffi
 from .dmabuf import DmaBuf
 
@@ -24,6 +24,15 @@ def _cma_allocations() -> int | None:
             if line.startswith("cma_alloc_success "):
                 return int(line.split()[1])
     return None
+
+
+def _no_heap(path: str) -> OSError:
+    """No such heap: FileNotFoundError listing the heaps where the kernel has some, else UnsupportedError."""
+    heaps = Heap.available()
+    if heaps:
+        return os_error(errno.ENOENT, f"no dma-heap {path}", f"the heaps here are: {', '.join(heaps)}")
+    return missing_device(path, "dma-heaps", "CONFIG_DMABUF_HEAPS with CONFIG_DMABUF_HEAPS_SYSTEM or _CMA",
+                          "system_heap" if path.endswith("/system") else None)
 
 
 class Heap(FdObject):
@@ -49,21 +58,11 @@ class Heap(FdObject):
         if not name or "/" in name or name in (".", ".."):
             raise ValueError(f"invalid heap name {name!r}")
         path = os.path.join(HEAP_DIR, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError as e:
-            heaps = Heap.available()
-            fix = (f"the heaps here are: {', '.join(heaps)}" if heaps else
-                   "this kernel has no dma-heaps (CONFIG_DMABUF_HEAPS, CONFIG_DMABUF_HEAPS_SYSTEM/_CMA)")
-            raise os_error(e.errno, f"no dma-heap {path}", fix) from None
-        except PermissionError as e:
-            raise os_error(e.errno, f"open {path}", GRANT_ACCESS) from None
-        self._adopt(fd)
+        self._open(path, os.O_RDONLY, missing=lambda: _no_heap(path), denied=GRANT_ACCESS)
 
-    def _adopt(self, fd: int) -> None:
+    def _attach(self, fd: int) -> None:
         self._path = fd_target(fd)
         self._kind = None
-        super()._adopt(fd)
 
     def _validate(self, fd: int) -> None:
         if not stat.S_ISCHR(os.fstat(fd).st_mode) or not fd_target(fd).startswith(HEAP_DIR + "/"):
@@ -145,8 +144,7 @@ class Heap(FdObject):
         the system heap would rather wake the OOM killer than fail.
         """
         fd = self.fileno()
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"size must be an int, not {type(size).__name__}")
+        size = check_int(size, "size")
         if not 0 < size <= 2**64 - _uapi.PAGE_SIZE:
             raise ValueError(f"size must be a positive number of bytes below 2**64 - page size, not {size}")
         if size > _RAM:

@@ -22,6 +22,7 @@ import os
 import socket
 
 from ._fd import FdObject
+from ._sys import check_int
 from .dmabuf import DmaBuf
 from .syncfile import SyncFile
 
@@ -80,9 +81,7 @@ def recv(sock: socket.socket, *, maxfds: int = 16, bufsize: int = 4096, kinds=(D
     returns ``(b"", [])`` like socket.recv.
     """
     _check_unix_socket(sock)
-    for value, name in ((maxfds, "maxfds"), (bufsize, "bufsize")):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    maxfds, bufsize = check_int(maxfds, "maxfds"), check_int(bufsize, "bufsize")
     if not 0 < maxfds <= SCM_MAX_FD:
         raise ValueError(f"maxfds must be within 1..{SCM_MAX_FD} (SCM_MAX_FD), not {maxfds}")
     if bufsize < 1:
@@ -91,7 +90,9 @@ def recv(sock: socket.socket, *, maxfds: int = 16, bufsize: int = 4096, kinds=(D
     if not kinds or not all(isinstance(k, type) and issubclass(k, FdObject) for k in kinds):
         raise TypeError("kinds must be linuxdmabuf classes, e.g. (DmaBuf, SyncFile)")
 
-    data, ancdata, flags, _ = sock.recvmsg(bufsize, socket.CMSG_SPACE(maxfds * _INT_SIZE), socket.MSG_CMSG_CLOEXEC)
+    # CMSG_LEN, not CMSG_SPACE: the space's padding to 8 bytes would have room for one fd more
+    # than maxfds, which the kernel would fill (as socket.recv_fds does it).
+    data, ancdata, flags, _ = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * _INT_SIZE), socket.MSG_CMSG_CLOEXEC)
     fds = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

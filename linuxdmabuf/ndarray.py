@@ -21,6 +21,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from ._sys import check_int
+
 __all__ = ["FORMATS", "PlaneFormat", "PlaneLayout", "array", "frame", "frame_layout", "plane"]
 
 
@@ -131,8 +133,7 @@ class PlaneLayout:
 
 
 def _check_int(value, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    value = check_int(value, what)
     if value < minimum:
         raise ValueError(f"{what} must be >= {minimum}, not {value}")
     return value

@@ -4,7 +4,7 @@ import os
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import UnsupportedError, encode_name, fd_target, ioctl, os_error
+from ._sys import UnsupportedError, check_int, encode_name, fd_target, ioctl, os_error
 from ._uapi import ffi
 from .syncfile import SyncFile, check_sync_file
 
@@ -55,13 +55,7 @@ class SwSyncTimeline(FdObject):
             super().__init__(fd)
             return
         self._fd = -1
-        path = sw_sync_path()
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise os_error(e.errno, f"open {path}", "sw_sync lives in debugfs, which normally only root may use"
-                           if e.errno == errno.EACCES else "") from None
-        self._adopt(fd)
+        self._open(sw_sync_path(), os.O_RDWR, denied="sw_sync lives in debugfs, which normally only root may use")
 
     def _validate(self, fd: int) -> None:
         if not fd_target(fd).endswith("/sync/sw_sync"):
@@ -75,8 +69,7 @@ class SwSyncTimeline(FdObject):
         of it (the kernel compares ``(int)(value - timeline) <= 0``). The kernel ignores `name` (it names the
         timeline after the process).
         """
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"value must be an int, not {type(value).__name__}")
+        value = check_int(value, "value")
         if not 0 <= value < 2**32:
             raise ValueError(f"value must be within 0..2**32-1, not {value}")
         data = ffi.new("struct sw_sync_create_fence_data *")
@@ -87,8 +80,7 @@ class SwSyncTimeline(FdObject):
 
     def advance(self, count: int = 1) -> None:
         """SW_SYNC_IOC_INC: move the timeline on by `count`, signaling the fences it reaches."""
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise TypeError(f"count must be an int, not {type(count).__name__}")
+        count = check_int(count, "count")
         if not 0 <= count < 2**32:
             raise ValueError(f"count must be within 0..2**32-1, not {count}")
         ioctl(self.fileno(), _uapi.SW_SYNC_IOC_INC, ffi.new("__u32 *", count), "SW_SYNC_IOC_INC")

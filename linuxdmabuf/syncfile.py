@@ -7,7 +7,7 @@ from collections import namedtuple
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import check_fd, check_timeout, encode_name, fd_target, ioctl, ioctl_failed, poll_fd, raw_ioctl
+from ._sys import check_fd, check_int, check_timeout, encode_name, fd_target, ioctl, ioctl_failed, poll_fd, raw_ioctl
 from ._uapi import ffi
 
 
@@ -175,8 +175,7 @@ class SyncFile(FdObject):
         nanoseconds (see time.clock_gettime_ns(time.CLOCK_MONOTONIC)). A no-op
         for a signaled fence or a driver without deadline support.
         """
-        if isinstance(deadline_ns, bool) or not isinstance(deadline_ns, int):
-            raise TypeError(f"deadline_ns must be an int (CLOCK_MONOTONIC nanoseconds), not {type(deadline_ns).__name__}")
+        deadline_ns = check_int(deadline_ns, "deadline_ns (CLOCK_MONOTONIC nanoseconds)")
         if not 0 <= deadline_ns < 2**64:
             raise ValueError(f"deadline_ns must be within 0..2**64-1, not {deadline_ns}")
         data = ffi.new("struct sync_set_deadline *")

@@ -6,7 +6,7 @@ import stat
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import GRANT_ACCESS, UnsupportedError, check_fd, fd_target, ioctl, os_error
+from ._sys import GRANT_ACCESS, UnsupportedError, check_fd, check_int, fd_target, ioctl, missing_device, os_error
 from ._uapi import PAGE_SIZE, ffi
 from .dmabuf import DmaBuf
 
@@ -15,19 +15,13 @@ PARAMETERS = "/sys/module/udmabuf/parameters"
 F_SEAL_FUTURE_WRITE = 0x10  # include/uapi/linux/fcntl.h; not in Python's fcntl module
 
 
-def _check_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    return value
-
-
 def _segment(memfd, offset, size) -> tuple:
     """One (memfd, offset, size) item, checked as far as Python can before the ioctl."""
     memfd = check_fd(memfd)
-    offset = _check_int(offset, "offset")
+    offset = check_int(offset, "offset")
     if size is None:
         size = os.fstat(memfd).st_size - offset
-    size = _check_int(size, "size")
+    size = check_int(size, "size")
     if not 0 <= offset < 2**64 or offset % PAGE_SIZE:
         raise ValueError(f"offset {offset} must be a non-negative multiple of the page size ({PAGE_SIZE}) below 2**64")
     if not 0 < size < 2**64 or size % PAGE_SIZE:
@@ -59,15 +53,8 @@ class Udmabuf(FdObject):
         if fd is not None:
             super().__init__(fd)
             return
-        self._fd = -1
-        try:
-            fd = os.open(DEVICE, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError as e:
-            raise os_error(e.errno, f"open {DEVICE}",
-                           "this kernel has no udmabuf (CONFIG_UDMABUF; `modprobe udmabuf` where it is a module)") from None
-        except PermissionError as e:
-            raise os_error(e.errno, f"open {DEVICE}", GRANT_ACCESS) from None
-        self._adopt(fd)
+        self._open(DEVICE, os.O_RDONLY, missing=lambda: missing_device(DEVICE, "udmabuf", "CONFIG_UDMABUF", "udmabuf"),
+                   denied=GRANT_ACCESS)
 
     def _validate(self, fd: int) -> None:
         if not stat.S_ISCHR(os.fstat(fd).st_mode) or fd_target(fd) != DEVICE:
@@ -130,7 +117,7 @@ class Udmabuf(FdObject):
         again: the dma-buf keeps its pages.
         """
         self.fileno()
-        size = _check_int(size, "size")
+        size = check_int(size, "size")
         if size <= 0:
             raise ValueError(f"size must be positive, not {size}")
         page = _huge_page_size() if hugetlb else PAGE_SIZE

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import pytest
 
@@ -60,8 +61,24 @@ def test_parse_maps_finds_dmabuf_lines_only():
     assert dump.parse_maps("") == [] and dump.parse_maps("garbage /dmabuf:\n") == []
 
 
+class Entry(NamedTuple):
+    size: int
+    exp_name: str
+    ino: int | None
+    name: str
+    count: int | None
+    attached: tuple
+
+
+def parse_bufinfo(text: str) -> list:
+    """dump's own bufinfo_rows() and attached_devices(), read into entries for the assertions."""
+    return [Entry(int(size), exp_name, int(ino) if ino else None, "" if name == "<none>" else name,
+                  int(count) if count else None, dump.attached_devices(under))
+            for size, count, exp_name, ino, name, under in dump.bufinfo_rows(text)]
+
+
 def test_parse_bufinfo_columns_fences_and_attachments():
-    entries = dump.parse_bufinfo(BUFINFO)
+    entries = parse_bufinfo(BUFINFO)
     assert [(e.ino, e.size, e.exp_name, e.name, e.count) for e in entries] == [
         (2, 12288, "udmabuf", "", 3), (1, 8192, "system", "hello", 3), (31, 4096, "default_cma_region", "name\twith tab", 1)]
     assert entries[1].attached == ("vgem", "0000:00:02.0") and entries[0].attached == ()
@@ -69,20 +86,20 @@ def test_parse_bufinfo_columns_fences_and_attachments():
 
 def test_parse_bufinfo_other_columns_take_the_general_path():
     """A header other than 7.2's is read column by column; a column it lacks is None."""
-    assert dump.parse_bufinfo(BUFINFO.replace("count   \t", "refcount\t")) == [
-        e._replace(count=None) for e in dump.parse_bufinfo(BUFINFO)]
+    assert parse_bufinfo(BUFINFO.replace("count   \t", "refcount\t")) == [
+        e._replace(count=None) for e in parse_bufinfo(BUFINFO)]
 
 
 def test_parse_bufinfo_older_header_without_ino():
     text = "\nDma-buf Objects:\nsize\tflags\tmode\tcount\texp_name\tbuf name\n00004096\t00000002\t00080007\t00000001\tion\tfoo\n"
-    [entry] = dump.parse_bufinfo(text)
+    [entry] = parse_bufinfo(text)
     assert entry.ino is None and entry.size == 4096 and entry.exp_name == "ion"
 
 
 def test_parse_bufinfo_empty_and_garbage():
-    assert dump.parse_bufinfo("") == []
-    assert dump.parse_bufinfo("\nDma-buf Objects:\nsize\tflags\tmode\tcount\texp_name\tino\tname\n\nTotal 0 objects, 0 bytes\n") == []
-    assert dump.parse_bufinfo("no header here\n00004096\t1\t2\n") == []
+    assert parse_bufinfo("") == []
+    assert parse_bufinfo("\nDma-buf Objects:\nsize\tflags\tmode\tcount\texp_name\tino\tname\n\nTotal 0 objects, 0 bytes\n") == []
+    assert parse_bufinfo("no header here\n00004096\t1\t2\n") == []
 
 
 def test_parse_fdinfo_sample():
@@ -318,12 +335,11 @@ def test_debugfs_bufinfo_agrees_with_procfs(scenario):
     """The same buffers through the other door: debugfs (root, full kernel) lists them with the same sizes."""
     from linuxdmabuf.swsync import debugfs_mount
 
+    need("debugfs:bufinfo")
     mount = debugfs_mount()
-    if mount is None or not os.path.exists(os.path.join(mount, "dma_buf", "bufinfo")):
-        pytest.skip(f"no debugfs dma_buf/bufinfo on kernel {os.uname().release}")
     children, inodes = scenario
     with open(os.path.join(mount, "dma_buf", "bufinfo")) as f:
-        entries = {e.ino: e for e in dump.parse_bufinfo(f.read())}
+        entries = {e.ino: e for e in parse_bufinfo(f.read())}
     expected = _expected(children, inodes)
     for inode, (size, exporter, name, holders) in expected.items():
         assert (entries[inode].size, entries[inode].exp_name, entries[inode].name) == (size, exporter, name)
@@ -336,9 +352,8 @@ def test_buffer_held_by_no_process_comes_from_debugfs(dma_heap):
 
     from linuxdmabuf.swsync import debugfs_mount
 
+    need("debugfs:bufinfo")
     mount = debugfs_mount()
-    if mount is None or not os.access(os.path.join(mount, "dma_buf", "bufinfo"), os.R_OK):
-        pytest.skip(f"no readable debugfs dma_buf/bufinfo on kernel {os.uname().release}")
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with left, right:
         with dma_heap.allocate(36 * KIB) as buf:

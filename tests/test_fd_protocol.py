@@ -10,6 +10,8 @@ from helpers import cloexec, open_fds
 
 import linuxdmabuf
 from linuxdmabuf import DmaBuf, Heap, SwSyncTimeline, SyncFile, Udmabuf
+from linuxdmabuf.drm import Vgem
+from linuxdmabuf.pytest_plugin import present_or_expected
 
 pytestmark = pytest.mark.kernel
 
@@ -36,10 +38,15 @@ def _make(kind, request):
     if kind == "sw_sync":
         request.getfixturevalue("sw_sync_timeline")
         return SwSyncTimeline
+    if kind == "drm-vgem":
+        request.getfixturevalue("vgem")
+        return Vgem
     raise AssertionError(kind)
 
 
-KINDS = ["dmabuf-heap", "dmabuf-udmabuf", "syncfile", "heap", "udmabuf-device", "sw_sync"]
+# Every kind this kernel has (sw_sync only where the kernel has it or is expected to).
+KINDS = ["dmabuf-heap", "dmabuf-udmabuf", "syncfile", "heap", "udmabuf-device", "drm-vgem"] + \
+    (["sw_sync"] if present_or_expected("sw_sync") else [])
 
 
 @pytest.fixture(params=KINDS)
@@ -144,6 +151,7 @@ CALLS = {
     Heap: ["allocate(4096)", "kind", "dup()", "detach()", "fileno()"],
     Udmabuf: ["create(0)", "create_list([(0, 0, 4096)])", "allocate(4096)", "dup()", "detach()", "fileno()"],
     SwSyncTimeline: ["create_fence(1)", "advance()", "deadline(0)", "dup()", "detach()", "fileno()"],
+    Vgem: ["version()", "get_cap(1)", "create_dumb(1, 1)", "fence_signal(1)", "dup()", "detach()", "fileno()"],
 }
 
 

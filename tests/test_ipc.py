@@ -158,6 +158,25 @@ def test_more_fds_than_maxfds_raise_and_leak_nothing(pair, buf):
     assert open_fds() == before
 
 
+def test_maxfds_is_exact_not_rounded_up_to_the_control_buffers_padding():
+    """recv(maxfds=1) of a message with 2 fds: CMSG_SPACE(4) is padded to room for 2 on 64-bit
+    machines, so the kernel would hand over both; with CMSG_LEN only 1 fits and the message is
+    refused as too many (before any adoption: these are pipes)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    try:
+        with a, b:
+            before = open_fds()
+            socket.send_fds(a, [b"x"], [r, w])
+            with pytest.raises(OSError, match="more than maxfds=1") as info:
+                ipc.recv(b, maxfds=1)
+            assert info.value.errno == errno.EMSGSIZE
+            assert open_fds() == before
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_truncated_datagram_raises_and_leaks_nothing(buf):
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b:

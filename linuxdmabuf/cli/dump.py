@@ -77,21 +77,6 @@ def parse_maps(text: str) -> list:
     return found
 
 
-class BufInfoEntry(NamedTuple):
-    """One buffer of debugfs dma_buf/bufinfo (dma_buf_debug_show).
-
-    `count` is the file's reference count; `attached` the devices attached
-    to the buffer (e.g. a GPU that imported it).
-    """
-
-    size: int
-    exp_name: str
-    ino: int | None
-    name: str
-    count: int | None
-    attached: tuple = ()
-
-
 # A buffer's line (it starts with its zero-padded size) and the tab-indented
 # lines under it: its fences, then "Attached Devices:" and one line per device.
 _BUFINFO_ENTRY = re.compile(r"^(\d+\t[^\n]*)((?:\n\t[^\n]*)*)", re.M)
@@ -137,19 +122,6 @@ def attached_devices(under: str) -> tuple:
     if at < 0:
         return ()
     return tuple(d.strip() for d in under[at + len(_ATTACHED):].split("\n\t") if d.strip())
-
-
-def parse_bufinfo(text: str) -> list:
-    """The buffers listed in the text of debugfs dma_buf/bufinfo, as BufInfoEntry.
-
-    Fence lines are skipped, "Attached Devices:" lines collected; a name of
-    "<none>" means no name; a column this kernel does not print is None.
-    """
-    entries = []
-    for size, count, exp_name, ino, name, under in bufinfo_rows(text):
-        entries.append(BufInfoEntry(int(size), exp_name, int(ino) if ino else None, "" if name == "<none>" else name,
-                                    int(count) if count else None, attached_devices(under)))
-    return entries
 
 
 def read_sysfs_buffers(root: str = SYSFS_BUFFERS) -> dict | None:

@@ -299,7 +299,7 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
         raise VMError("no command to run in the VM")
     if isinstance(cmd, (str, bytes)):
         raise TypeError("cmd must be a list of arguments, not a string")
-    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:  # (no linuxdmabuf import here: stdlib only)
         raise VMError(f"the VM needs a whole number of CPUs >= 1, not {cpus!r}")
     try:
         memory_mib(memory)
