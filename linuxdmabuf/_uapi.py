@@ -9,7 +9,14 @@ and checks every number and offset below against it.
 import os
 import sys
 
-from ._ffi import ffi
+try:
+    from ._ffi import ffi
+except ModuleNotFoundError as e:
+    if e.name != f"{__package__}._ffi":
+        raise
+    raise ImportError(f"{__package__}._ffi is generated from cdefs/ when the package is built: install it "
+                      "(pip install . or pip install -e . in a source tree), or generate it in place with "
+                      "python cdefs/build.py") from None
 
 lib = ffi.dlopen(None)  # the C library: ioctl() and syscall() are declared (cdefs/libc.h)
 

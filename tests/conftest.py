@@ -9,7 +9,8 @@
 - `unprivileged` tests run as an unprivileged user in the VM.
 - The session ends with one line saying where it ran, and with
   $LINUXDMABUF_RESULTS set, writes its counts there as JSON for tools/run-tests
-  (and, beside it, the files that hold `unprivileged` tests).
+  (with $LINUXDMABUF_LIST_UNPRIVILEGED, the files that hold `unprivileged`
+  tests there).
 """
 import json
 import os
@@ -28,9 +29,9 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.kernel)
         if "unprivileged" in names:
             unprivileged.add(str(item.path))
-    results = os.environ.get("LINUXDMABUF_RESULTS")
-    if results:  # for tools/run-tests: the files its unprivileged session needs to collect
-        with open(results + ".unprivileged", "w") as f:
+    listing = os.environ.get("LINUXDMABUF_LIST_UNPRIVILEGED")
+    if listing:  # for tools/run-tests' root session: the files its unprivileged session needs to collect
+        with open(listing, "w") as f:
             f.write("".join(f"{path}\n" for path in sorted(unprivileged)))
 
 

@@ -262,12 +262,45 @@ def test_this_machines_cached_kernels_resolve_offline(listening_mirror):
 # -- failures inside the VM -----------------------------------------------------------------
 
 
+def test_guest_script_is_private_to_its_user(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    with pytest.raises(vm.VMError, match="open to other users"):
+        vm.write_private(str(tmp_path / "guest.sh"), "TOKEN=secret")
+    os.chmod(tmp_path, 0o700)
+    path = vm.write_private(str(tmp_path / "guest.sh"), "TOKEN=secret")
+    assert os.stat(path).st_mode & 0o777 == 0o600 and open(path).read() == "TOKEN=secret"
+
+
 @boots_vm
-def test_status_and_streams_come_back_from_the_guest():
-    code, out, err = linuxdmabuf_vm("--", "sh", "-c", 'echo "out $LINUXDMABUF_IN_VM $LINUXDMABUF_VM_KERNEL"; '
-                                    "echo err >&2; exit 3", timeout=VM_LIMIT)
-    assert code == 3, err
-    assert out == "out 1 full\n"
+def test_status_and_streams_come_back_from_the_guest_and_nobody_reads_the_secrets_meanwhile():
+    """The guest script carries the environment (CI tokens): while the VM runs, user nobody on this
+    machine can read nothing the runner wrote (tempdir 0700, script 0600)."""
+    before = set(os.listdir("/tmp"))
+    proc = subprocess.Popen([sys.executable, "-m", "linuxdmabuf", "vm", "--", "sh", "-c",
+                             'sleep 2; echo "out $LINUXDMABUF_IN_VM $LINUXDMABUF_VM_KERNEL $RUNNER_TOKEN"; '
+                             "echo err >&2; exit 3"], cwd=TOP, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, RUNNER_TOKEN="s3cret"))
+    try:
+        import pwd
+
+        while not [d for d in set(os.listdir("/tmp")) - before if d.startswith("linuxdmabuf-vm-")]:
+            assert proc.poll() is None, proc.communicate()
+        [outdir] = [f"/tmp/{d}" for d in set(os.listdir("/tmp")) - before if d.startswith("linuxdmabuf-vm-")]
+        while not os.path.exists(f"{outdir}/guest.sh"):
+            pass
+        nobody = pwd.getpwnam("nobody")
+        peek = subprocess.run(["sh", "-c", f"cat {outdir}/guest.sh; ls {outdir}"], user=nobody.pw_uid,
+                              group=nobody.pw_gid, extra_groups=[], capture_output=True, text=True, cwd="/")
+        assert "s3cret" not in peek.stdout and peek.stdout == "", peek.stdout
+        assert "Permission denied" in peek.stderr
+        assert os.stat(outdir).st_mode & 0o777 == 0o700 and os.stat(f"{outdir}/guest.sh").st_mode & 0o777 == 0o600
+        out, err = proc.communicate(timeout=VM_LIMIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, err
+    assert out == "out 1 full s3cret\n"
     assert "err\n" in err and "linuxdmabuf vm: full kernel" in err and "booted in" in err
 
 

@@ -1,22 +1,25 @@
-"""What the info, dump and watch subcommands share: optional packages, sizes."""
-import importlib
+"""What the info, dump and watch subcommands share: sizes, user and group names, a closed stdout."""
+import functools
+import grp
 import os
+import pwd
 import sys
 
-EXIT_MISSING_PACKAGE = 3
 
-
-class MissingPackage(Exception):
-    """An optional package of the `tools` extra is not installed."""
-
-
-def need(module: str):
-    """Import `module` (psutil, pyudev) or raise MissingPackage naming the fix."""
+@functools.lru_cache(maxsize=None)
+def group_name(gid: int) -> str:
     try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingPackage(f"this command needs the Python package {module} ({e}): "
-                             "pip install 'linuxdmabuf[tools]'") from None
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+@functools.lru_cache(maxsize=None)
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def human(size) -> str:

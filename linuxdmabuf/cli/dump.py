@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from ..dmabuf import parse_fdinfo
 from ..swsync import debugfs_mount
-from ._tools import EXIT_MISSING_PACKAGE, MissingPackage, human, kib, need, plural, stdout_closed_ok
+from ._tools import human, kib, plural, stdout_closed_ok
 
 PREFIX = "/dmabuf:"  # what /proc shows for a dma-buf file (dmabuffs_dname)
 SYSFS_BUFFERS = "/sys/kernel/dmabuf/buffers"
@@ -299,7 +299,8 @@ def _no_gc():
 
 
 def _scan() -> Scan:
-    psutil = need("psutil")
+    import psutil
+
     result = Scan()
     buffers = result.buffers
     mapped_only = {}  # inode -> (pid, start, end) of one mapping, to size buffers no fd showed
@@ -546,19 +547,15 @@ def print_csv(doc: dict, out=None) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="linuxdmabuf dump", description=__doc__.split("\n\n")[0],
-                                     epilog="Exit status: 0 on success, 1 if a --pid does not exist, "
-                                            f"{EXIT_MISSING_PACKAGE} without psutil.")
+                                     epilog="Exit status: 0 on success, 1 if a --pid does not exist.")
     parser.add_argument("--pid", type=int, action="append", metavar="PID",
                         help="only the buffers this process holds (with every process sharing them); repeatable")
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON document")
     fmt.add_argument("--csv", action="store_true", help="CSV, one row per process and buffer")
     args = parser.parse_args(argv)
-    try:
-        psutil = need("psutil")
-    except MissingPackage as e:
-        print(f"linuxdmabuf dump: {e}", file=sys.stderr)
-        return EXIT_MISSING_PACKAGE
+    import psutil
+
     for pid in args.pid or ():
         if pid <= 0 or not psutil.pid_exists(pid):
             print(f"linuxdmabuf dump: no process {pid}", file=sys.stderr)

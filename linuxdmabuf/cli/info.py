@@ -10,7 +10,6 @@ Exit status 0 if this user can allocate a dma-buf from some provider, 1 if not.
 """
 import argparse
 import errno
-import functools
 import grp
 import gzip
 import json
@@ -19,7 +18,7 @@ import pwd
 import stat
 import sys
 
-from ._tools import stdout_closed_ok
+from ._tools import group_name, stdout_closed_ok, user_name
 
 RULES_FILE = "/etc/udev/rules.d/70-linuxdmabuf.rules"
 SETUP = "sudo ./udmabuf-setup.sh --devices-only --group video (from linuxdmabuf's source tree)"
@@ -62,27 +61,11 @@ def kernel_config() -> tuple:
     return {}, None
 
 
-@functools.lru_cache(maxsize=None)
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
-@functools.lru_cache(maxsize=None)
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 def _node(path: str) -> dict:
     """A device node's owner, group, mode and who besides root may open it."""
     st = os.stat(path)
     mode = stat.S_IMODE(st.st_mode)
-    group = _group_name(st.st_gid)
+    group = group_name(st.st_gid)
     if mode & stat.S_IROTH:
         others = "everyone" + (" (world-writable!)" if mode & stat.S_IWOTH else "")
     elif mode & stat.S_IRGRP and st.st_gid != 0:
@@ -95,7 +78,7 @@ def _node(path: str) -> dict:
         acl = False
     if acl:
         others += " + ACL"
-    return {"path": path, "owner": _user_name(st.st_uid), "group": group, "mode": f"{mode:04o}",
+    return {"path": path, "owner": user_name(st.st_uid), "group": group, "mode": f"{mode:04o}",
             "filemode": stat.filemode(st.st_mode), "others": others, "acl": acl}
 
 
@@ -105,8 +88,8 @@ def access_fix(path: str) -> str:
     The text names no path, so that one fix serves every node it applies to.
     """
     st = os.stat(path)
-    user = _user_name(os.geteuid())
-    group = _group_name(st.st_gid)
+    user = user_name(os.geteuid())
+    group = group_name(st.st_gid)
     if st.st_gid != 0 and st.st_mode & stat.S_IRGRP:
         if st.st_gid in os.getgroups() or st.st_gid == os.getegid():
             return (f"this process is in group {group}, which may open it, and is still refused: an ACL or a "
@@ -298,8 +281,8 @@ def collect() -> dict:
         "linuxdmabuf": linuxdmabuf.__version__,
         "kernel": os.uname().release,
         "kernel_config": config_source,
-        "user": {"uid": os.geteuid(), "name": _user_name(os.geteuid()),
-                 "groups": sorted({_group_name(g) for g in os.getgroups()})},
+        "user": {"uid": os.geteuid(), "name": user_name(os.geteuid()),
+                 "groups": sorted({group_name(g) for g in os.getgroups()})},
         "dma_heap": {"path": HEAP_DIR, "present": os.path.isdir(HEAP_DIR), "heaps": heaps},
         "udmabuf": udmabuf,
         "sw_sync": sw_sync,

@@ -21,7 +21,7 @@ import stat
 import sys
 import time
 
-from ._tools import EXIT_MISSING_PACKAGE, MissingPackage, human, need, plural, stdout_closed_ok
+from ._tools import group_name, human, plural, stdout_closed_ok, user_name
 
 UDEV_CONTROL = "/run/udev/control"  # udevd's control socket: present while udevd runs
 
@@ -54,9 +54,8 @@ def _node_state(path) -> str | None:
         st = os.stat(path)
     except OSError:
         return None
-    from .info import _group_name, _user_name
 
-    return f"{stat.filemode(st.st_mode)} {_user_name(st.st_uid)}:{_group_name(st.st_gid)}"
+    return f"{stat.filemode(st.st_mode)} {user_name(st.st_uid)}:{group_name(st.st_gid)}"
 
 
 def _now() -> str:
@@ -122,8 +121,7 @@ def buffers_record(now: dict, before: dict | None) -> tuple:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="linuxdmabuf watch", description=__doc__.split("\n\n")[0],
                                      epilog="Exit status: 0 when stopped by a signal, --count or --timeout; 1 if "
-                                            f"--timeout passed before --count events; {EXIT_MISSING_PACKAGE} "
-                                            "without pyudev (or psutil, for --buffers).")
+                                            "--timeout passed before --count events.")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--buffers", action="store_true", help="also print dma-buf totals per exporter when they change")
     parser.add_argument("--interval", type=float, default=2.0, metavar="S",
@@ -140,13 +138,8 @@ def main(argv=None) -> int:
         parser.error("--count must be positive")
     if args.timeout is not None and args.timeout < 0:
         parser.error("--timeout must not be negative")
-    try:
-        pyudev = need("pyudev")
-        if args.buffers:
-            need("psutil")
-    except MissingPackage as e:
-        print(f"linuxdmabuf watch: {e}", file=sys.stderr)
-        return EXIT_MISSING_PACKAGE
+    import pyudev
+
     source = args.source
     if source == "auto":
         source = "udev" if os.path.exists(UDEV_CONTROL) else "kernel"

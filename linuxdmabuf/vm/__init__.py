@@ -177,6 +177,19 @@ def _terminate_as_exit():
             signal.signal(sig, handler)
 
 
+def write_private(path: str, text: str) -> str:
+    """Write `text` to a new file `path` that only this user may read (0600, in a 0700 directory
+    such as tempfile's): the guest script carries the whole environment, secrets included."""
+    parent = os.path.dirname(path)
+    if os.stat(parent).st_mode & 0o077:
+        raise VMError(f"{parent} is open to other users: the runner writes its guest script only where they cannot "
+                      "read it")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
 def extra_append() -> list:
     """$LINUXDMABUF_VM_APPEND: kernel command-line arguments every VM of this runner gets (e.g. "cma=0")."""
     extra = os.environ.get("LINUXDMABUF_VM_APPEND", "").strip()
@@ -328,14 +341,12 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
     append = [*append, *extra_append()]
 
     with tempfile.TemporaryDirectory(prefix="linuxdmabuf-vm-") as outdir:
-        os.chmod(outdir, 0o755)
         # Inside the VM, let every user reach cwd and the command (nobody must
         # be able to run /root/.../venv/bin/python): a guest-only chmod.
         opened = _closed_ancestors([cwd, shutil.which(cmd[0]) or cmd[0]])
         env = {k: v for k, v in os.environ.items() if k not in _ENV_SKIP and k.isidentifier()}
-        script = os.path.join(outdir, "guest.sh")
-        with open(script, "w") as f:
-            f.write(_guest_script(outdir, cmd, cwd, env, user, opened, kernel.spec))
+        script = write_private(os.path.join(outdir, "guest.sh"),
+                               _guest_script(outdir, cmd, cwd, env, user, opened, kernel.spec))
         argv = [vng, "--run", kernel.image, "--cpus", str(cpus), "--memory", str(memory), "--verbose",
                 "--qemu", qemu, "--cwd", cwd, "--rwdir", outdir, "--exec", f"sh {shlex.quote(script)}",
                 "--force-9p", "--append", ROOT_9P_FLAGS]
