@@ -19,8 +19,8 @@ import mmap
 import os
 import re
 import stat
-import weakref
 import warnings
+import weakref
 from dataclasses import dataclass
 
 from . import _uapi

@@ -10,7 +10,6 @@ from ._fd import FdObject
 from ._sys import check_fd, check_int, check_timeout, encode_name, fd_target, ioctl, ioctl_failed, poll_fd, raw_ioctl
 from ._uapi import ffi
 
-
 _FILE_INFO = _uapi.SYNC_IOC_FILE_INFO
 _MERGE = _uapi.SYNC_IOC_MERGE
 _FILE_INFO_ARG = ffi.typeof("struct sync_file_info *")

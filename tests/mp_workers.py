@@ -4,6 +4,7 @@ A module of their own, importing only linuxdmabuf, so that a spawned child
 does not import pytest and the test module (seconds under emulation).
 """
 from helpers import cloexec
+
 from linuxdmabuf import ipc
 
 

@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-
 from helpers import open_fds
 
 pytestmark = pytest.mark.usefixtures("dmabuf_leak_check")

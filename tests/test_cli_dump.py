@@ -9,8 +9,8 @@ import time
 from typing import NamedTuple
 
 import pytest
-
 from holders import Holder
+
 from linuxdmabuf.cli import dump
 from linuxdmabuf.pytest_plugin import need
 
@@ -344,10 +344,7 @@ def test_buffer_held_by_no_process_comes_from_debugfs(dma_heap):
     """A buffer only the kernel holds: here an fd in flight in a unix socket's queue, which no process has."""
     import socket
 
-    from linuxdmabuf.swsync import debugfs_mount
-
     need("debugfs:bufinfo")
-    mount = debugfs_mount()
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with left, right:
         with dma_heap.allocate(36 * KIB) as buf:

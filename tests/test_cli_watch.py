@@ -15,9 +15,8 @@ import time
 
 import pytest
 
-from linuxdmabuf.pytest_plugin import need
-
 from linuxdmabuf.cli import watch
+from linuxdmabuf.pytest_plugin import need
 
 UEVENT = "/sys/class/misc/udmabuf/uevent"
 

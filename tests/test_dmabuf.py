@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from linuxdmabuf import DmaBuf, FenceStatus, dmabuf as dmabuf_module
+from linuxdmabuf import DmaBuf, FenceStatus
+from linuxdmabuf import dmabuf as dmabuf_module
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 pytestmark = pytest.mark.kernel

@@ -11,8 +11,8 @@ import os
 import time
 
 import pytest
-
 from helpers import open_fds, sealed_memfd
+
 from linuxdmabuf import DmaBuf, FenceStatus, UnsupportedError
 from linuxdmabuf.drm import DrmDevice, DumbBuffer, GemObject, Vgem
 from linuxdmabuf.pytest_plugin import need

@@ -8,7 +8,6 @@ import warnings
 import pytest
 from helpers import cloexec, open_fds
 
-import linuxdmabuf
 from linuxdmabuf import DmaBuf, Heap, SwSyncTimeline, SyncFile, Udmabuf
 from linuxdmabuf.drm import Vgem
 from linuxdmabuf.pytest_plugin import present_or_expected

@@ -8,13 +8,12 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 import mp_workers
+import pytest
 from helpers import cloexec, open_fds
-import linuxdmabuf
-from linuxdmabuf.pytest_plugin import has, need
+
 from linuxdmabuf import DmaBuf, Heap, SyncFile, ipc
+from linuxdmabuf.pytest_plugin import has, need
 
 pytestmark = pytest.mark.usefixtures("dmabuf_leak_check")
 

@@ -66,7 +66,7 @@ def test_closed_in_one_thread_refused_in_another(closed_in_main):
         before = os.fstat(fd)
         for call in CALLS[type(obj)]:
             with pytest.raises(ValueError, match="closed"):
-                in_thread(lambda: eval(f"obj.{call}", {"obj": obj}) if call != "set_name"
+                in_thread(lambda call=call: eval(f"obj.{call}", {"obj": obj}) if call != "set_name"
                           else setattr(obj, "name", "x"))
         assert os.fstat(fd) == before
     finally:

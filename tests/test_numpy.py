@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import sealed_memfd
+
 from linuxdmabuf import ndarray
 from linuxdmabuf.ndarray import PlaneLayout, frame_layout
-
 
 # -- layouts (no kernel, no numpy needed) ------------------------------------------------
 

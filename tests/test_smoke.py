@@ -1,8 +1,6 @@
 """Kernel-level smoke tests: the main job end to end on every kernel that has the device."""
 import os
 
-import pytest
-
 
 def test_udmabuf_from_sealed_memfd_round_trip(udmabuf):
     import fcntl

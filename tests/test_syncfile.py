@@ -298,7 +298,7 @@ def test_no_sw_sync_without_debugfs():
     code = ("import linuxdmabuf\ntry:\n    linuxdmabuf.SwSyncTimeline()\nexcept linuxdmabuf.UnsupportedError as e:\n"
             "    print(e)\n")
     done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           f'umount -l /sys/kernel/debug && exec "$0" -c "$1"', sys.executable, code],
+                           'umount -l /sys/kernel/debug && exec "$0" -c "$1"', sys.executable, code],
                           capture_output=True, text=True)
     if done.returncode and "Operation not permitted" in done.stderr:
         pytest.skip("needs root to unmount debugfs in a private mount namespace")

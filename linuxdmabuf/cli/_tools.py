@@ -6,7 +6,7 @@ import pwd
 import sys
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def group_name(gid: int) -> str:
     try:
         return grp.getgrgid(gid).gr_name
@@ -14,7 +14,7 @@ def group_name(gid: int) -> str:
         return str(gid)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name

@@ -312,7 +312,10 @@ def _yes(value) -> str:
 def print_text(doc: dict, out=None) -> None:
     """The report for people (to `out`, default stdout)."""
     out = out or sys.stdout
-    say = lambda line="": print(line, file=out)
+
+    def say(line: str = "") -> None:
+        print(line, file=out)
+
     user = doc["user"]
     say(f"linuxdmabuf {doc['linuxdmabuf']} on Linux {doc['kernel']}, as {user['name']} (uid {user['uid']}; "
         f"groups: {', '.join(user['groups']) or '-'})")

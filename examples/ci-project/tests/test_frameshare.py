@@ -6,9 +6,8 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 import frameshare
+import pytest
 from frameshare import recv_frame, send_frame
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
