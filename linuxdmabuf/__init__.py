@@ -44,7 +44,7 @@ def allocate(size: int, *, heap: str | None = None) -> DmaBuf:
         except OSError as e:
             failures.append(e)
     raise OSError(failures[-1].errno, "no dma-buf provider could allocate: " + "; ".join(
-        e.strerror for e in failures) + " -- `python -m linuxdmabuf info` shows what is missing and the fix")
+        e.strerror or str(e) for e in failures) + " -- `python -m linuxdmabuf info` shows what is missing and the fix")
 
 
 def features() -> dict:

@@ -20,6 +20,7 @@ on the file it started with (waits poll a private dup).
 import errno
 import os
 import warnings
+from typing import TypeVar
 
 from ._sys import UnsupportedError, check_fd, check_int, fd_target, os_error
 
@@ -34,12 +35,18 @@ class UnclosedWarning(ResourceWarning):
     __module__ = "linuxdmabuf"
 
 
+_Self = TypeVar("_Self", bound="FdObject")  # typing.Self is 3.11+
+
+
 class FdObject:
     """Owns one file descriptor. Subclasses define ``_validate(fd)``, and ``_attach(fd)`` if they
     keep per-object state (a path, a driver name) derived from the fd."""
 
     __slots__ = ("_fd", "__weakref__")
-    _attach = None  # or a method: called once the object owns its fd; if it raises, the fd is closed
+    _attaches = False  # True in classes whose _attach() derives state from the fd
+
+    def _attach(self, fd: int) -> None:
+        """Called once the object owns `fd` (where _attaches): derive state from it; if it raises, the fd is closed."""
 
     def __init__(self, fd: int):
         """Adopt `fd`: the object owns it and closes it.
@@ -55,7 +62,7 @@ class FdObject:
     def _own(self, fd: int) -> None:
         """Take `fd` (from here on, the object closes it whatever happens), then attach its state."""
         self._fd = fd
-        if self._attach is not None:
+        if self._attaches:
             try:
                 self._attach(fd)
             except BaseException:
@@ -88,11 +95,11 @@ class FdObject:
         self._own(fd)
 
     @classmethod
-    def _wrap(cls, fd: int):
+    def _wrap(cls: type[_Self], fd: int) -> _Self:
         """An object owning `fd`, which the kernel just created for us (no checks)."""
         self = object.__new__(cls)
         self._fd = fd
-        if cls._attach is not None:
+        if cls._attaches:
             self._own(fd)
         return self
 
@@ -112,7 +119,7 @@ class FdObject:
         raise NotImplementedError
 
     @classmethod
-    def fromfd(cls, fd):
+    def fromfd(cls: type[_Self], fd) -> _Self:
         """A new object on a duplicate (O_CLOEXEC) of `fd`; the caller keeps `fd`."""
         fd = check_fd(fd, allow_fileno=True)
         new = os.dup(fd)  # os.dup makes the copy non-inheritable: O_CLOEXEC
@@ -123,7 +130,7 @@ class FdObject:
             raise
 
     @classmethod
-    def from_pid(cls, pid: int, fd: int):
+    def from_pid(cls: type[_Self], pid: int, fd: int) -> _Self:
         """A new object on a duplicate of fd number `fd` of process `pid`.
 
         pidfd_open(2) then pidfd_getfd(2) (Linux 5.6): the kernel duplicates
@@ -150,7 +157,7 @@ class FdObject:
             os.close(pidfd)
 
     @classmethod
-    def from_pidfd(cls, pidfd, fd: int):
+    def from_pidfd(cls: type[_Self], pidfd, fd: int) -> _Self:
         """Like from_pid(), for the process a pidfd refers to (os.pidfd_open()).
 
         A pidfd names one process for good, where a pid number may be reused
@@ -160,7 +167,7 @@ class FdObject:
         return cls._from_pidfd(pidfd, _check_target_fd(fd), f"the process of pidfd {pidfd}")
 
     @classmethod
-    def _from_pidfd(cls, pidfd: int, fd: int, who: str):
+    def _from_pidfd(cls: type[_Self], pidfd: int, fd: int, who: str) -> _Self:
         from ._uapi import SYS_pidfd_getfd, ffi, lib
 
         new = lib.syscall(ffi.cast("long", SYS_pidfd_getfd), ffi.cast("long", pidfd), ffi.cast("long", fd),
@@ -202,11 +209,11 @@ class FdObject:
         self._fd = -1
         return fd
 
-    def dup(self):
+    def dup(self: _Self) -> _Self:
         """A new object of the same class on a duplicate (O_CLOEXEC) of the fd."""
         return type(self)._wrap(os.dup(self.fileno()))
 
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -258,7 +265,7 @@ _PIDFD_GETFD_FIXES = {
 }
 
 
-def _pid_error(err: int, what: str, fix: str) -> OSError:
+def _pid_error(err: int | None, what: str, fix: str) -> OSError:
     if err == errno.EPERM:
         fix = _ptrace_rules()
     if err == errno.ENOSYS:

@@ -46,8 +46,10 @@ def missing_device(path: str, what: str, option: str, module: str | None = None)
                                           f"({option})")
 
 
-def os_error(err: int, what: str, fix: str = "") -> OSError:
-    """``OSError`` (or its errno subclass) for `err` while doing `what`."""
+def os_error(err: int | None, what: str, fix: str = "") -> OSError:
+    """``OSError`` (or its errno subclass) for `err` while doing `what` (an OSError's errno: never None
+    from a system call)."""
+    err = err or errno.EIO
     message = f"{what}: {os.strerror(err)}"
     if fix:
         message += f" -- {fix}"

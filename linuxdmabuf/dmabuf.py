@@ -4,6 +4,7 @@ import mmap
 import os
 import select
 import stat
+import sys
 from collections import namedtuple
 
 from . import _uapi
@@ -34,6 +35,8 @@ def _sync_args(when: int) -> tuple:
 _START = _sync_args(_uapi.DMA_BUF_SYNC_START)
 _END = _sync_args(_uapi.DMA_BUF_SYNC_END)
 _NO_ACCESS = "CPU access must include read, write or both"
+# Python 3.13+: the mapping keeps no duplicate of the fd (before, every mmap.mmap holds one while open).
+_NO_TRACKFD = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
 
 def _sync(buf: "DmaBuf", arg) -> None:
@@ -111,6 +114,7 @@ class DmaBuf(FdObject):
     """
 
     __slots__ = ("_size",)  # unset until size is first asked for
+    _size: int
 
     def _validate(self, fd: int) -> None:
         # A dma-buf is an anonymous inode (no file-type bits in st_mode) that
@@ -221,7 +225,9 @@ class DmaBuf(FdObject):
         buffer. `writable` defaults to what the fd allows: a read-only mapping
         for an O_RDONLY buffer, read-write otherwise. The mapping keeps the
         buffer alive after this object is closed. Bracket CPU access with
-        cpu_access().
+        cpu_access(). Below Python 3.13 a stdlib mmap holds a duplicate of
+        the fd while open (one fd per mapping); from 3.13 it holds none
+        (``trackfd=False``: its size() and resize() are then unavailable).
         """
         fd = self.fileno()
         size = self.size
@@ -238,7 +244,7 @@ class DmaBuf(FdObject):
             writable = not self.readonly
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         try:
-            return mmap.mmap(fd, length, mmap.MAP_SHARED, prot, offset=offset)
+            return mmap.mmap(fd, length, mmap.MAP_SHARED, prot, offset=offset, **_NO_TRACKFD)
         except OSError as e:
             fix = "this dma-buf's fd is O_RDONLY: map it with writable=False" if e.errno == errno.EACCES else ""
             raise type(e)(e.errno, f"mmap of dma-buf: {e.strerror}" + (f" -- {fix}" if fix else "")) from None

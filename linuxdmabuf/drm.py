@@ -83,6 +83,10 @@ class DrmDevice(FdObject):
     """
 
     __slots__ = ("_path", "_version", "_handles")
+    _path: str
+    _version: DrmVersion | None
+    _handles: "weakref.WeakValueDictionary[int, GemObject]"
+    _attaches = True
 
     def __init__(self, path):
         if isinstance(path, int) and not isinstance(path, bool):
@@ -264,6 +268,8 @@ class GemObject:
     """
 
     __slots__ = ("device", "_handle", "__weakref__")
+    device: DrmDevice
+    _handle: int | None
 
     @classmethod
     def _make(cls, device: DrmDevice, handle: int, **fields):
@@ -326,6 +332,11 @@ class DumbBuffer(GemObject):
     """A dumb buffer: `width` x `height` pixels of `bpp` bits, rows `pitch` bytes apart, `size` bytes."""
 
     __slots__ = ("width", "height", "bpp", "pitch", "size")
+    width: int
+    height: int
+    bpp: int
+    pitch: int
+    size: int
 
 
 class Vgem(DrmDevice):

@@ -46,6 +46,9 @@ class Heap(FdObject):
     """
 
     __slots__ = ("_path", "_kind")
+    _path: str
+    _kind: str | None
+    _attaches = True
 
     def __init__(self, name="system"):
         if isinstance(name, int) and not isinstance(name, bool):

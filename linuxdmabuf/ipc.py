@@ -93,7 +93,7 @@ def recv(sock: socket.socket, *, maxfds: int = 16, bufsize: int = 4096, kinds=(D
     # CMSG_LEN, not CMSG_SPACE: the space's padding to 8 bytes would have room for one fd more
     # than maxfds, which the kernel would fill (as socket.recv_fds does it).
     data, ancdata, flags, _ = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * _INT_SIZE), socket.MSG_CMSG_CLOEXEC)
-    fds = []
+    fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             usable = len(payload) - len(payload) % _INT_SIZE

@@ -171,7 +171,7 @@ def frame_layout(fourcc: str, width: int, height: int, *, pitches=None, offsets=
     height = _check_int(height, "height", 1)
     pitches = _per_plane(pitches, len(planes), "pitches", 1)
     offsets = _per_plane(offsets, len(planes), "offsets", 0)
-    layouts = []
+    layouts: list[PlaneLayout] = []
     for i, (fmt, pitch, offset) in enumerate(zip(planes, pitches, offsets)):
         w = math.ceil(width / (fmt.hsub * fmt.block))
         h = math.ceil(height / fmt.vsub)

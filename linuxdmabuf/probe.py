@@ -66,6 +66,7 @@ def missing(feature: str) -> Missing | None:
     probe = _PROBES.get(kind)
     if probe is None:
         describe(feature)  # raises ValueError naming the known features
+        raise AssertionError(feature)  # (describe() knows every kind _PROBES does)
     if kind in _NEEDS_ARG and not arg:
         raise ValueError(f"feature {feature!r} needs a name: {kind}:NAME")
     if kind in _NO_ARG and arg:

@@ -143,7 +143,7 @@ def is_expected(feature: str) -> bool:
     return False
 
 
-_probed = {}
+_probed: dict = {}
 
 
 def unmet(feature: str):
@@ -265,8 +265,8 @@ class FenceSource:
 
     def __init__(self, name: str):
         self.name = name
-        self._signals = {}  # id(fence) -> (fence, how to signal it)
-        self._owned = []
+        self._signals: dict = {}  # id(fence) -> (fence, how to signal it)
+        self._owned: list = []
         if name == "vgem":
             from linuxdmabuf.drm import Vgem
 

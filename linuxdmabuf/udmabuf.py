@@ -61,10 +61,10 @@ class Udmabuf(FdObject):
             raise ValueError(f"fd {fd} is not {DEVICE} (it is {fd_target(fd)!r})")
 
     @staticmethod
-    def limits() -> dict:
+    def limits() -> dict[str, int | None]:
         """The module parameters size_limit_mb (largest buffer, MiB) and
         list_limit (most create_list segments); None where not shown."""
-        result = {}
+        result: dict[str, int | None] = {}
         for name in ("size_limit_mb", "list_limit"):
             try:
                 with open(os.path.join(PARAMETERS, name)) as f:
@@ -137,7 +137,7 @@ class Udmabuf(FdObject):
             os.close(memfd)
 
 
-def _diagnose(err: int, segments: list) -> str:
+def _diagnose(err: int | None, segments: list) -> str:
     """Why UDMABUF_CREATE(_LIST) failed, from what Python can see of its arguments."""
     if err == errno.EBADFD:
         return "each memfd must be a memfd (shmem) or hugetlbfs file, e.g. from os.memfd_create()"

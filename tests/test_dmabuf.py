@@ -112,6 +112,29 @@ def test_map_is_stdlib_mmap_shared_with_the_buffer(make_buf):
         m[0:1] = b"x"
 
 
+def test_a_mapping_costs_one_fd_only_below_python_3_13(make_buf):
+    """mmap.mmap dups the fd it maps unless trackfd=False (3.13+), which map() passes there."""
+    import sys
+
+    buf = make_buf()
+    before = len(os.listdir("/proc/self/fd"))
+    mappings = [buf.map() for _ in range(3)]
+    held = len(os.listdir("/proc/self/fd")) - before
+    for m in mappings:
+        m.close()
+    assert held == (0 if sys.version_info >= (3, 13) else 3)
+
+
+def test_numpy_integers_are_accepted_bools_are_not(make_buf, dma_heap):
+    np = pytest.importorskip("numpy")
+    with dma_heap.allocate(np.int64(3 * PAGE)) as buf, buf.map(np.uint32(PAGE), np.int64(PAGE)) as m:
+        assert buf.size == 3 * PAGE and len(m) == PAGE
+        assert buf.write(b"np", np.int16(5)) == 2 and buf.read(np.int8(2), np.int64(5)) == b"np"
+    for call in (lambda: dma_heap.allocate(True), lambda: make_buf().map(False)):
+        with pytest.raises(TypeError, match="not bool"):
+            call()
+
+
 def test_map_bad_arguments(make_buf):
     buf = make_buf()
     for args, error in [((1,), ValueError), ((-PAGE,), ValueError), ((0, 0), ValueError),

@@ -23,6 +23,27 @@ def test_open_by_name_path_and_repr(dma_heap):
         shared.detach()
 
 
+def test_a_failure_after_open_leaves_no_fd(dma_heap, vgem, monkeypatch):
+    """Deriving an object's state (its path: a readlink of /proc/self/fd) may fail after the device
+    is open: the object owns the fd by then and closes it -- Heap(name), dup(), DrmDevice.find()."""
+    from helpers import open_fds
+
+    import linuxdmabuf.drm
+    import linuxdmabuf.heap
+    from linuxdmabuf.drm import DrmDevice
+
+    def fails(fd):
+        raise OSError(errno.EMFILE, "readlink failed")
+
+    before = open_fds()
+    monkeypatch.setattr(linuxdmabuf.heap, "fd_target", fails)
+    monkeypatch.setattr(linuxdmabuf.drm, "fd_target", fails)
+    for call in (lambda: Heap("system"), dma_heap.dup, vgem.dup, lambda: DrmDevice.find("vgem")):
+        with pytest.raises(OSError, match="readlink failed"):
+            call()
+        assert open_fds() == before
+
+
 def test_missing_heap_names_the_ones_that_exist(dma_heap):
     with pytest.raises(FileNotFoundError) as info:
         Heap("no-such-heap")

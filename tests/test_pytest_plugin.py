@@ -237,6 +237,14 @@ def test_other_warnings_still_reach_pytest(dmabuf_leak_check):
     warnings.warn("a warning of the test itself", UserWarning)
 
 
+def test_leaves_a_gem_handle_and_a_drm_file_to_the_garbage_collector(dma_heap, vgem, dmabuf_leak_check):
+    from linuxdmabuf.drm import Vgem
+
+    with dma_heap.allocate(4096) as buf:
+        vgem.prime_import(buf)  # a GemObject nobody closes
+    Vgem()  # a DrmDevice nobody closes
+
+
 def test_zz_close_what_was_kept():
     for obj in kept:
         obj.close()
@@ -244,10 +252,11 @@ def test_zz_close_what_was_kept():
 
 
 @pytest.mark.requires_dma_heap(name="system")
+@pytest.mark.requires("drm:vgem")
 def test_dmabuf_leak_check_fails_exactly_the_leaking_tests(pytester):
     pytester.makepyfile(test_plugin_gen_leaks=LEAKS)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=7, errors=3)
+    result.assert_outcomes(passed=8, errors=4)
     out = result.stdout.str()
     result.stdout.fnmatch_lines([
         "*ERROR at teardown of test_leaks_a_dma_buf*", "dma-buf/sync_file leak: fd * (/dmabuf:*) left open",
@@ -255,6 +264,9 @@ def test_dmabuf_leak_check_fails_exactly_the_leaking_tests(pytester):
         "dma-buf/sync_file leak: fd * (anon_inode:sync_file) left open",
         "*ERROR at teardown of test_leaves_closing_to_the_garbage_collector*",
         "dma-buf/sync_file leak: unclosed DmaBuf fd=* closed only by the garbage collector",
+        "*ERROR at teardown of test_leaves_a_gem_handle_and_a_drm_file_to_the_garbage_collector*",
+        "dma-buf/sync_file leak: unclosed GEM handle * on /dev/dri/card* closed only by the garbage collector, "
+        "unclosed Vgem fd=* closed only by the garbage collector",
     ])
     assert "a warning of the test itself" in out
     for name in ("test_clean", "test_buffer_of_a_fixture", "test_other_warnings"):

@@ -262,6 +262,31 @@ def test_this_machines_cached_kernels_resolve_offline(listening_mirror):
 # -- failures inside the VM -----------------------------------------------------------------
 
 
+def test_long_steps_say_they_are_still_going(monkeypatch):
+    monkeypatch.setattr(kernels, "HEARTBEAT", 0.2)
+    said = []
+    assert kernels._run(["sh", "-c", "sleep 0.7; echo done"], "a slow step", said.append) == "done\n"
+    assert 2 <= len(said) <= 4 and all(s.startswith("linuxdmabuf vm: a slow step: still running (") for s in said)
+
+
+def test_first_kvm_check_says_what_it_does_at_once(monkeypatch, tmp_path):
+    """The KVM probe (up to 60 s on a first run) is announced before it starts, then heard from."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no usable /dev/kvm here: the runner uses TCG without probing")
+    monkeypatch.setenv("LINUXDMABUF_CACHE", str(tmp_path))
+    monkeypatch.delenv("LINUXDMABUF_VM_ACCEL", raising=False)
+    monkeypatch.setattr(vm, "HEARTBEAT", 0.2)
+    qemu = tmp_path / "qemu"
+    qemu.write_text("#!/bin/sh\nsleep 0.7\necho 'Kernel panic - not syncing: VFS'\n")
+    qemu.chmod(0o755)
+    said = []
+    assert vm.accelerator(vm.Kernel("full", "/bzImage"), str(qemu), said.append) == "kvm"
+    assert said[0].startswith("linuxdmabuf vm: /dev/kvm is here: checking that KVM really runs a guest")
+    assert any("KVM check: still running" in s for s in said) and said[-1] == "linuxdmabuf vm: KVM works"
+    said.clear()
+    assert vm.accelerator(vm.Kernel("full", "/bzImage"), str(qemu), said.append) == "kvm" and said == []  # cached
+
+
 def test_guest_script_is_private_to_its_user(tmp_path):
     os.chmod(tmp_path, 0o755)
     with pytest.raises(vm.VMError, match="open to other users"):

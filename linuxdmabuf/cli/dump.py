@@ -180,9 +180,13 @@ class Buffer:
     __slots__ = ("inode", "size", "exporter", "name", "refs", "attached", "holders", "seen")
 
     def __init__(self, inode: int):
-        self.inode, self.size, self.exporter, self.name, self.refs = inode, None, None, "", None
-        self.attached = ()
-        self.holders = {}  # pid -> Holder
+        self.inode = inode
+        self.size: int | None = None
+        self.exporter: str | None = None
+        self.name = ""
+        self.refs: int | None = None
+        self.attached: tuple = ()
+        self.holders: dict[int, Holder] = {}  # pid -> Holder
         self.seen = 0  # SOURCES bits
 
     @property
@@ -198,9 +202,9 @@ class Scan:
     """What one pass over /proc (and debugfs, sysfs) found."""
 
     def __init__(self, debugfs: str = "not mounted", sysfs: str = "absent"):
-        self.buffers = {}  # inode -> Buffer
-        self.names = {}  # pid -> process name, for holders
-        self.denied = []  # pids this user may not inspect
+        self.buffers: dict[int, Buffer] = {}  # inode -> Buffer
+        self.names: dict[int, str] = {}  # pid -> process name, for holders
+        self.denied: list[int] = []  # pids this user may not inspect
         self.debugfs, self.sysfs = debugfs, sysfs
 
     def buffer(self, inode: int) -> Buffer:
@@ -216,7 +220,7 @@ def _read(path: str, size: int = 0) -> str:
     try:
         if size:
             return os.read(fd, size).decode(errors="replace")
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             data = os.read(fd, 1 << 16)
             if not data:
@@ -235,7 +239,9 @@ def _read_process(pid: int) -> tuple:
     """
     fd_dir = f"/proc/{pid}/fd/"
     readlink, fstat = os.readlink, os.stat
-    fds, seen, maps = {}, {}, {}
+    fds: dict = {}
+    seen: dict[int, tuple] = {}
+    maps: dict = {}
     for fd in os.listdir(fd_dir):
         link = fd_dir + fd
         try:
@@ -303,7 +309,7 @@ def _scan() -> Scan:
 
     result = Scan()
     buffers = result.buffers
-    mapped_only = {}  # inode -> (pid, start, end) of one mapping, to size buffers no fd showed
+    mapped_only: dict[int, tuple] = {}  # inode -> (pid, start, end) of one mapping, to size buffers no fd showed
     for pid in psutil.pids():
         try:
             fds, seen, maps = _read_process(pid)
@@ -345,7 +351,7 @@ def _add_kernel_views(result: Scan) -> None:
     sysfs), where this user can read them; they also list the buffers no
     visible process holds."""
     mount = debugfs_mount()
-    rows = ()
+    rows: list = []
     if mount is not None:
         try:
             rows = bufinfo_rows(_read(os.path.join(mount, "dma_buf", "bufinfo")))
@@ -431,7 +437,9 @@ def report(result: Scan, pids=None) -> dict:
 
 def _report(result: Scan, pids) -> dict:
     wanted = set(pids) if pids else None
-    buffers, processes, exporters = [], {}, {}
+    buffers: list = []
+    processes: dict = {}
+    exporters: dict = {}
     total_bytes = unknown = 0
     for inode in sorted(result.buffers):
         b = result.buffers[inode]

@@ -181,7 +181,8 @@ def collect() -> dict:
     def fix(problem, remedy, blocking=False, paths=()):
         fixes.append({"problem": problem, "fix": remedy, "blocks_allocation": blocking, "paths": list(paths)})
 
-    denied, root_only = {}, {}  # remedy -> device nodes: one fix for all the nodes it serves
+    denied: dict[str, list] = {}  # remedy -> device nodes: one fix for all the nodes it serves
+    root_only: dict[str, list] = {}
 
     heaps = []
     for name in linuxdmabuf.Heap.available():
@@ -256,7 +257,7 @@ def collect() -> dict:
     elif not debugfs["bufinfo_readable"]:
         fix("this user cannot read debugfs dma_buf/bufinfo (dump then sees only buffers of processes it may inspect)",
             "run dump as root" if os.geteuid() else "a kernel with CONFIG_DEBUG_FS=y")
-    sw_sync = {"path": None, "can_open": False, "error": None}
+    sw_sync: dict = {"path": None, "can_open": False, "error": None}
     try:
         sw_sync["path"] = sw_sync_path()
         linuxdmabuf.SwSyncTimeline().close()

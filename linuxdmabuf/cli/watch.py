@@ -100,7 +100,8 @@ def buffer_totals() -> dict:
 def buffers_record(now: dict, before: dict | None) -> tuple:
     """(JSON record, text line) for the buffer totals `now`, with the change since `before`."""
     before = before or {}
-    record = {"event": "buffers", "exporters": {}}
+    exporters: dict = {}
+    record: dict = {"event": "buffers", "exporters": exporters}
     parts = []
     for name in sorted(set(now) | set(before), key=lambda n: (n == "total", n)):
         cur = now.get(name, {"buffers": 0, "bytes": 0})

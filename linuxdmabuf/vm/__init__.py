@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 
-from .kernels import EXPECTED, MODULES, SPECS, Kernel, KernelError, cache_dir, resolve
+from .kernels import EXPECTED, HEARTBEAT, MODULES, SPECS, Kernel, KernelError, cache_dir, resolve
 
 __all__ = ["run", "resolve", "Kernel", "KernelError", "VMError", "Terminated", "SPECS", "EXPECTED", "accelerator",
            "extra_append"]
@@ -78,7 +78,7 @@ def _need(program: str, fix: str) -> str:
     return path
 
 
-def accelerator(kernel: Kernel, qemu: str) -> str:
+def accelerator(kernel: Kernel, qemu: str, log=None) -> str:
     """"kvm" if KVM can really boot `kernel` here, else "tcg" (cached per host boot).
 
     /dev/kvm existing is not enough: on some hosts (nested PVM) QEMU aborts
@@ -104,21 +104,35 @@ def accelerator(kernel: Kernel, qemu: str) -> str:
             return cached["accel"]
     except (OSError, ValueError, KeyError):
         pass
-    try:
-        probe = subprocess.run(
-            [qemu, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none", "-no-reboot",
-             "-serial", "stdio", "-kernel", kernel.image, "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", timeout=60)
-        out = probe.stdout + probe.stderr
-        works = "Kernel panic" in out and "KVM internal error" not in out
-    except subprocess.TimeoutExpired:
-        works = False
+    if log:
+        log("linuxdmabuf vm: /dev/kvm is here: checking that KVM really runs a guest (booting the kernel to its "
+            "first panic, once per boot of this machine; up to 60 s, TCG emulation if not)")
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [qemu, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none", "-no-reboot",
+         "-serial", "stdio", "-kernel", kernel.image, "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    out, works = "", False
+    while True:
+        try:
+            out = proc.communicate(timeout=HEARTBEAT)[0]
+            works = "Kernel panic" in out and "KVM internal error" not in out
+            break
+        except subprocess.TimeoutExpired:
+            if time.monotonic() - started > 60:
+                proc.kill()
+                proc.communicate()
+                break
+            if log:
+                log(f"linuxdmabuf vm: KVM check: still running ({time.monotonic() - started:.0f} s)")
     accel = "kvm" if works else "tcg"
+    if log:
+        log(f"linuxdmabuf vm: KVM {'works' if works else 'cannot run a guest here: using TCG emulation'}")
     try:
         os.makedirs(os.path.dirname(record), exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(record), prefix=".kvm-probe-", delete=False) as f:
-            json.dump({"boot_id": boot_id, "qemu": qemu, "accel": accel}, f)
-        os.replace(f.name, record)  # whole or absent, for a concurrent reader
+        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(record), prefix=".kvm-probe-", delete=False) as tmp:
+            json.dump({"boot_id": boot_id, "qemu": qemu, "accel": accel}, tmp)
+        os.replace(tmp.name, record)  # whole or absent, for a concurrent reader
     except OSError:
         pass  # not remembered: probed again next time
     return accel
@@ -140,8 +154,8 @@ def _oom_victim(console_text: str) -> str | None:
     """The kernel's line naming what its OOM killer killed, if the console shows one."""
     lines = [line for line in console_text.splitlines() if "Out of memory" in line or "oom-kill" in line]
     killed = [line for line in lines if "Killed process" in line]
-    found = (killed or lines or [None])[-1]
-    return re.sub(r"^\[[ 0-9.]+\] ?", "", found.strip()) if found else None
+    found = (killed or lines)[-1:]
+    return re.sub(r"^\[[ 0-9.]+\] ?", "", found[0].strip()) if found else None
 
 
 @contextlib.contextmanager
@@ -337,7 +351,7 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
             raise VMError(f"no user {user!r} on this machine (the VM shares its /etc/passwd)") from None
     if not isinstance(kernel, Kernel):
         kernel = resolve(kernel, log=log)
-    accel = accelerator(kernel, qemu)
+    accel = accelerator(kernel, qemu, log)
     append = [*append, *extra_append()]
 
     with tempfile.TemporaryDirectory(prefix="linuxdmabuf-vm-") as outdir:
@@ -404,6 +418,7 @@ def _boot(argv: list, outdir: str, stdout, stderr, timeout, boot_timeout, spec: 
                                 start_new_session=True, env=dict(os.environ, PATH=path))
     failure = None
     booted = False
+    said = HEARTBEAT
     try:
         while proc.poll() is None:
             elapsed = time.monotonic() - started_at
@@ -411,6 +426,9 @@ def _boot(argv: list, outdir: str, stdout, stderr, timeout, boot_timeout, spec: 
                 booted = True
                 log(f"linuxdmabuf vm: {spec} kernel {_read(os.path.join(outdir, 'release'))} "
                     f"booted in {elapsed:.1f} s ({accel.upper()})")
+            elif not booted and elapsed > said:
+                said += HEARTBEAT
+                log(f"linuxdmabuf vm: {spec} kernel still booting ({elapsed:.0f} s, {accel.upper()})")
             for tail in tails:
                 tail.pump()
             if not booted and elapsed > boot_timeout:

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -236,15 +237,26 @@ def debian_mirror() -> str:
                       "or pass a kernel image path")
 
 
-def _run(cmd: list, what: str, **kwargs) -> str:
+HEARTBEAT = 10.0  # seconds: a long step says it is still going at least this often
+
+
+def _run(cmd: list, what: str, log=None, **kwargs) -> str:
+    """Run `cmd`; its stdout. With `log`, a step that takes long says so every HEARTBEAT seconds."""
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
     except FileNotFoundError:
         raise KernelError(f"{what}: {cmd[0]} is not installed") from None
-    if done.returncode:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise KernelError(f"{what} failed (exit {done.returncode}): " + " / ".join(tail))
-    return done.stdout
+    started = time.monotonic()
+    while True:
+        try:
+            out, err = proc.communicate(timeout=HEARTBEAT if log else None)
+            break
+        except subprocess.TimeoutExpired:
+            log(f"linuxdmabuf vm: {what}: still running ({time.monotonic() - started:.0f} s)")
+    if proc.returncode:
+        tail = (err or out).strip().splitlines()[-3:]
+        raise KernelError(f"{what} failed (exit {proc.returncode}): " + " / ".join(tail))
+    return out
 
 
 class _Apt:
@@ -278,9 +290,9 @@ class _Apt:
         found = [n for n in names if re.fullmatch(pattern, n)]
         return max(found, key=_version_key, default=None)
 
-    def download(self, packages: list, into: str) -> None:
+    def download(self, packages: list, into: str, log=None) -> None:
         _run(["apt-get", *self.opts, "-qq", "download", *packages],
-             f"apt-get download {' '.join(packages)} from {self.mirror} {self.suite}", cwd=into)
+             f"apt-get download {' '.join(packages)} from {self.mirror} {self.suite}", log, cwd=into)
 
 
 def _arch() -> str:
@@ -296,6 +308,7 @@ def fetch_debian(spec: str, log) -> Kernel:
     arch = _arch()
     staging = _staging(spec)
     try:
+        log(f"linuxdmabuf vm: {spec} is not cached: reading Debian {suite}'s package index")
         apt = _Apt(suite, os.path.join(staging, "apt"))
         ver = re.escape(series) + r"\.[0-9.]+(\+deb[0-9]+)?-" + arch
         binary = apt.newest(f"linux-binary-{ver}")  # sid splits image, modules and base files
@@ -312,7 +325,7 @@ def fetch_debian(spec: str, log) -> Kernel:
         log(f"linuxdmabuf vm: fetching {spec} ({', '.join(packages)}) from {apt.mirror} {suite}")
         debs = os.path.join(staging, "debs")
         os.makedirs(debs)
-        apt.download(packages, debs)
+        apt.download(packages, debs, log)
         root = os.path.join(staging, "root")
         for deb in sorted(os.listdir(debs)):
             _run(["dpkg-deb", "-x", os.path.join(debs, deb), root], f"unpacking {deb}")
@@ -354,15 +367,16 @@ def build_full(log) -> Kernel:
         f"about 20 minutes on 2 cores), cached in {cache_dir()}")
     staging = _staging("full")
     try:
+        log("linuxdmabuf vm: reading Debian unstable's package index for linux-source")
         apt = _Apt("unstable", os.path.join(staging, "apt"))
         package = apt.newest(r"linux-source-[0-9.]+")
         if not package:
             raise KernelError(f"no linux-source package in Debian unstable at {apt.mirror}")
-        apt.download([package], staging)
+        apt.download([package], staging, log)
         deb = glob.glob(os.path.join(staging, f"{package}_*.deb"))[0]
         _run(["dpkg-deb", "-x", deb, os.path.join(staging, "pkg")], f"unpacking {package}")
         tarball = glob.glob(os.path.join(staging, "pkg", "usr", "src", "linux-source-*.tar.*"))[0]
-        _run(["tar", "-xf", tarball, "-C", staging], f"extracting {os.path.basename(tarball)}")
+        _run(["tar", "-xf", tarball, "-C", staging], f"extracting {os.path.basename(tarball)}", log)
         src = glob.glob(os.path.join(staging, "linux-source-*/"))[0]
         steps = [
             [vng, "--kconfig", "--config", CONFIG_FRAGMENT],
@@ -373,7 +387,7 @@ def build_full(log) -> Kernel:
         ]
         for step in steps:
             log("linuxdmabuf vm: " + " ".join(step))
-            _run(step, " ".join(step), cwd=src)
+            _run(step, " ".join(step), log, cwd=src)
         version = _run(["make", "-s", "kernelrelease"], "make kernelrelease", cwd=src).strip()
         shutil.copy(os.path.join(src, "arch", "x86", "boot", "bzImage"), os.path.join(staging, "bzImage"))
         shutil.copy(os.path.join(src, ".config"), os.path.join(staging, "config"))
