@@ -252,12 +252,7 @@ setup_host() {
         state_has node "$node" || state_add node "$node" "$(stat -c '%u %g %a' "$node")"
     done
     {
-        cat <<EOF
-# Installed by linuxdmabuf's udmabuf-setup.sh: group $group may use udmabuf and dma-heaps.
-# Remove with: udmabuf-setup.sh --uninstall
-KERNEL=="udmabuf", SUBSYSTEM=="misc", GROUP="$group", MODE="0660"
-SUBSYSTEM=="dma_heap", GROUP="$group", MODE="0660"
-EOF
+        sed "s/@GROUP@/$group/g" "$top/linuxdmabuf/data/70-linuxdmabuf.rules"
         if [ -n "$size_limit" ] && [ ! -e /sys/module/udmabuf/initstate ]; then
             # udmabuf is built in, so no modprobe options: set the parameter when udev adds the device at boot.
             cat <<EOF

@@ -9,9 +9,9 @@ from collections import namedtuple
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import check_int, check_timeout, encode_name, fd_target, ioctl, ioctl_failed, poll_fd, raw_ioctl
+from ._sys import check_int, check_timeout, encode_name, fd_target, ioctl, ioctl_failed, poll_fd, poll_fd_async, raw_ioctl
 from ._uapi import PAGE_SIZE, ffi
-from .syncfile import SyncFile, check_sync_file, wait_readable_async
+from .syncfile import SyncFile, check_sync_file
 
 _READ = _uapi.DMA_BUF_SYNC_READ
 _WRITE = _uapi.DMA_BUF_SYNC_WRITE
@@ -335,5 +335,5 @@ class DmaBuf(FdObject):
 
     async def wait_async(self, *, write: bool = False, timeout: float | None = None) -> bool:
         """Await the implicit fences on the running asyncio loop, without a thread."""
-        return await wait_readable_async(self.fileno(), check_timeout(timeout), writable=write)
+        return await poll_fd_async(self.fileno(), select.POLLOUT if write else select.POLLIN, check_timeout(timeout))
 

@@ -112,6 +112,9 @@ class Heap(FdObject):
     def kind(self) -> str:
         """"cma" if this heap allocates from a CMA area, else "system".
 
+        The first read of this property allocates (and frees) one or two
+        pages from the heap; later reads return the answer it found.
+
         Discovered, not guessed from the name: a heap is CMA if
         /sys/kernel/mm/cma/<name> exists (CONFIG_CMA_SYSFS) or if allocating
         a page from it counts a cma_alloc() in /proc/vmstat (twice, so that

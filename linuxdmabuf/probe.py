@@ -176,7 +176,7 @@ def _v4l2(driver):
 
 
 def _debugfs(name):
-    from .swsync import debugfs_mount
+    from ._mounts import debugfs_mount
 
     mount = debugfs_mount()
     if mount is None:
@@ -192,7 +192,7 @@ def _debugfs(name):
 
 
 def _trace(system):
-    from .swsync import debugfs_mount
+    from ._mounts import debugfs_mount
 
     for root in ("/sys/kernel/tracing", os.path.join(debugfs_mount() or "/nonexistent", "tracing")):
         events = os.path.join(root, "events")

@@ -89,7 +89,7 @@ def _vm_line() -> str:
 
 def _devices() -> str:
     from linuxdmabuf import Heap
-    from linuxdmabuf.swsync import debugfs_mount
+    from linuxdmabuf._mounts import debugfs_mount
 
     found = ["/dev/udmabuf"] if os.path.exists("/dev/udmabuf") else []
     found += [f"/dev/dma_heap/{name}" for name in Heap.available()]

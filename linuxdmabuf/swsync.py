@@ -4,22 +4,10 @@ import os
 
 from . import _uapi
 from ._fd import FdObject
+from ._mounts import debugfs_mount
 from ._sys import UnsupportedError, check_int, encode_name, fd_target, ioctl, os_error
 from ._uapi import ffi
 from .syncfile import SyncFile, check_sync_file
-
-
-def debugfs_mount() -> str | None:
-    """Where debugfs is mounted, or None."""
-    try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 2 and fields[2] == "debugfs":
-                    return fields[1].replace("\\040", " ")
-    except FileNotFoundError:  # no /proc; any other error (EMFILE...) is not "no debugfs"
-        pass
-    return None
 
 
 def sw_sync_path() -> str:

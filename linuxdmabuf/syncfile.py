@@ -1,13 +1,12 @@
 """sync_file: an explicit fence as a file descriptor (drivers/dma-buf/sync_file.c)."""
 import enum
 import errno
-import os
 import select
 from collections import namedtuple
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import check_fd, check_int, check_timeout, encode_name, fd_target, ioctl, ioctl_failed, poll_fd, raw_ioctl
+from ._sys import check_fd, check_int, check_timeout, encode_name, fd_target, ioctl, ioctl_failed, poll_fd, poll_fd_async, raw_ioctl
 from ._uapi import ffi
 
 _FILE_INFO = _uapi.SYNC_IOC_FILE_INFO
@@ -89,7 +88,7 @@ class SyncFile(FdObject):
         The loop watches the fd for POLLIN. True once signaled, False on
         timeout; cancelling the awaiting task stops watching the fd.
         """
-        return await wait_readable_async(self.fileno(), check_timeout(timeout))
+        return await poll_fd_async(self.fileno(), select.POLLIN, check_timeout(timeout))
 
     # -- inspection ---------------------------------------------------------
 
@@ -181,48 +180,6 @@ class SyncFile(FdObject):
         data.deadline_ns = deadline_ns
         ioctl(self.fileno(), _uapi.SYNC_IOC_SET_DEADLINE, data, "SYNC_IOC_SET_DEADLINE",
               {errno.ENOTTY: "fence deadlines need Linux 6.3 or later"})
-
-
-async def wait_readable_async(fd: int, timeout: float | None, writable: bool = False) -> bool:
-    """Await POLLIN (or POLLOUT) on `fd` through the running loop's selector, with no thread.
-
-    A zero-timeout poll(2) first: a signaled fence or idle buffer returns True
-    at once, also with timeout=0. Otherwise the loop watches a private dup of
-    `fd`, so that concurrent waits on one object do not replace each other's
-    selector registration, and closing the object meanwhile cannot leave the
-    loop watching a reused fd number. The watch ends, and the dup is closed,
-    on return, on timeout and on cancellation.
-    """
-    events = select.POLLOUT if writable else select.POLLIN
-    if poll_fd(fd, events, 0):
-        return True
-    if timeout == 0:
-        return False
-    import asyncio  # here, not at the top: it costs ~15 ms of `import linuxdmabuf`
-
-    loop = asyncio.get_running_loop()
-    add, remove = (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
-    future = loop.create_future()
-    watched = os.dup(fd)
-
-    def ready() -> None:
-        remove(watched)  # level-triggered: stop the loop calling back until the task resumes
-        if not future.done():
-            future.set_result(True)
-
-    try:
-        add(watched, ready)
-        try:
-            if timeout is None:
-                return await future
-            try:
-                return await asyncio.wait_for(future, timeout)
-            except asyncio.TimeoutError:
-                return False
-        finally:
-            remove(watched)
-    finally:
-        os.close(watched)
 
 
 def check_sync_file(sync_file) -> int:

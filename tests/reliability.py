@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from helpers import open_fds
 
-from linuxdmabuf.swsync import debugfs_mount
+from linuxdmabuf._mounts import debugfs_mount
 
 LONG = os.environ.get("LINUXDMABUF_LONG", "") not in ("", "0")
 

@@ -327,7 +327,7 @@ def test_dump_text_and_csv(scenario, capsys):
 @needs_devices
 def test_debugfs_bufinfo_agrees_with_procfs(scenario):
     """The same buffers through the other door: debugfs (root, full kernel) lists them with the same sizes."""
-    from linuxdmabuf.swsync import debugfs_mount
+    from linuxdmabuf._mounts import debugfs_mount
 
     need("debugfs:bufinfo")
     mount = debugfs_mount()

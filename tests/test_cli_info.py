@@ -25,11 +25,14 @@ def _info(*args, **kwargs) -> subprocess.CompletedProcess:
 # -- host side ---------------------------------------------------------------------------------------
 
 def test_udev_rules_are_the_ones_the_setup_script_writes():
+    """One rules file, shipped in the package: the set-up script installs it, info quotes it."""
     with open(os.path.join(TOP, "udmabuf-setup.sh")) as f:
         script = f.read()
-    for device in ("udmabuf", "dma_heap"):
-        assert info.udev_rule(device, "$group") in script
-    assert info.RULES_FILE in script
+    assert '"$top/linuxdmabuf/data/70-linuxdmabuf.rules"' in script and info.RULES_FILE in script
+    with open(info.RULES) as f:
+        rules = f.read()
+    assert info.udev_rule("udmabuf", "@GROUP@") in rules and info.udev_rule("system", "@GROUP@") in rules
+    assert info.udev_rule("udmabuf", "render") == 'KERNEL=="udmabuf", SUBSYSTEM=="misc", GROUP="render", MODE="0660"'
 
 
 def test_parse_kernel_config():

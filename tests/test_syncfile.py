@@ -307,7 +307,8 @@ def test_no_sw_sync_without_debugfs():
 
 @sw_sync_only
 def test_sw_sync_is_found_through_the_mount_table():
-    from linuxdmabuf.swsync import debugfs_mount, sw_sync_path
+    from linuxdmabuf._mounts import debugfs_mount
+    from linuxdmabuf.swsync import sw_sync_path
 
     assert sw_sync_path() == os.path.join(debugfs_mount(), "sync", "sw_sync")
     assert linuxdmabuf.features()["sw_sync"] and linuxdmabuf.features()["set_deadline"]

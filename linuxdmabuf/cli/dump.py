@@ -27,8 +27,8 @@ import re
 import sys
 from typing import NamedTuple
 
+from .._mounts import debugfs_mount
 from ..dmabuf import parse_fdinfo
-from ..swsync import debugfs_mount
 from ._tools import human, kib, plural, stdout_closed_ok
 
 PREFIX = "/dmabuf:"  # what /proc shows for a dma-buf file (dmabuffs_dname)

@@ -24,11 +24,17 @@ RULES_FILE = "/etc/udev/rules.d/70-linuxdmabuf.rules"
 SETUP = "sudo ./udmabuf-setup.sh --devices-only --group video (from linuxdmabuf's source tree)"
 
 
+RULES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "70-linuxdmabuf.rules")
+
+
 def udev_rule(device: str, group: str = "video") -> str:
-    """The udev rule udmabuf-setup.sh writes to let `group` (not the world) open `device`."""
-    if device == "udmabuf":
-        return f'KERNEL=="udmabuf", SUBSYSTEM=="misc", GROUP="{group}", MODE="0660"'
-    return f'SUBSYSTEM=="dma_heap", GROUP="{group}", MODE="0660"'
+    """The udev rule udmabuf-setup.sh writes to let `group` (not the world) open `device`
+    ("udmabuf", or a heap: the dma_heap rule), from the one rules file it installs."""
+    with open(RULES) as f:
+        rules = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    key = 'KERNEL=="udmabuf"' if device == "udmabuf" else 'SUBSYSTEM=="dma_heap"'
+    [rule] = [r for r in rules if r.startswith(key)]
+    return rule.replace("@GROUP@", group)
 
 
 def parse_kernel_config(text: str) -> dict:
@@ -171,8 +177,9 @@ def _loadable(name: str) -> bool:
 def collect() -> dict:
     """Everything info reports, as one JSON-ready document."""
     import linuxdmabuf
+    from linuxdmabuf._mounts import debugfs_mount
     from linuxdmabuf.heap import HEAP_DIR
-    from linuxdmabuf.swsync import debugfs_mount, sw_sync_path
+    from linuxdmabuf.swsync import sw_sync_path
     from linuxdmabuf.udmabuf import DEVICE
 
     config, config_source = kernel_config()
