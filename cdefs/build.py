@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Order matters: the kernel types first, then one file per kernel header.
 HEADERS = ("linux-types.h", "libc.h", "dma-buf.h", "dma-heap.h", "udmabuf.h",
-           "sync_file.h", "sw_sync.h", "drm.h", "drm_mode.h", "vgem_drm.h")
+           "sync_file.h", "sw_sync.h", "drm.h", "drm_mode.h", "vgem_drm.h", "videodev2.h")
 
 
 def ffibuilder() -> cffi.FFI:

@@ -38,6 +38,10 @@ def _IOC(direction: int, type_: str, nr: int, size: int) -> int:
     return (direction << _IOC_DIRSHIFT) | (ord(type_) << _IOC_TYPESHIFT) | (nr << _IOC_NRSHIFT) | (size << _IOC_SIZESHIFT)
 
 
+def _IOR(type_: str, nr: int, ctype: str) -> int:
+    return _IOC(_IOC_READ, type_, nr, ffi.sizeof(ctype))
+
+
 def _IOW(type_: str, nr: int, ctype: str) -> int:
     return _IOC(_IOC_WRITE, type_, nr, ffi.sizeof(ctype))
 
@@ -98,6 +102,41 @@ DRM_CAP_PRIME = ffi.integer_const("DRM_CAP_PRIME")
 DRM_PRIME_CAP_IMPORT = ffi.integer_const("DRM_PRIME_CAP_IMPORT")
 DRM_PRIME_CAP_EXPORT = ffi.integer_const("DRM_PRIME_CAP_EXPORT")
 VGEM_FENCE_WRITE = ffi.integer_const("VGEM_FENCE_WRITE")
+
+# linux/videodev2.h
+VIDIOC_QUERYCAP = _IOR("V", 0, "struct v4l2_capability")
+VIDIOC_ENUM_FMT = _IOWR("V", 2, "struct v4l2_fmtdesc")
+VIDIOC_G_FMT = _IOWR("V", 4, "struct v4l2_format")
+VIDIOC_S_FMT = _IOWR("V", 5, "struct v4l2_format")
+VIDIOC_REQBUFS = _IOWR("V", 8, "struct v4l2_requestbuffers")
+VIDIOC_QUERYBUF = _IOWR("V", 9, "struct v4l2_buffer")
+VIDIOC_QBUF = _IOWR("V", 15, "struct v4l2_buffer")
+VIDIOC_EXPBUF = _IOWR("V", 16, "struct v4l2_exportbuffer")
+VIDIOC_DQBUF = _IOWR("V", 17, "struct v4l2_buffer")
+VIDIOC_STREAMON = _IOW("V", 18, "int")
+VIDIOC_STREAMOFF = _IOW("V", 19, "int")
+V4L2_CAP_VIDEO_CAPTURE = ffi.integer_const("V4L2_CAP_VIDEO_CAPTURE")
+V4L2_CAP_VIDEO_OUTPUT = ffi.integer_const("V4L2_CAP_VIDEO_OUTPUT")
+V4L2_CAP_VIDEO_M2M = ffi.integer_const("V4L2_CAP_VIDEO_M2M")
+V4L2_CAP_VIDEO_CAPTURE_MPLANE = ffi.integer_const("V4L2_CAP_VIDEO_CAPTURE_MPLANE")
+V4L2_CAP_VIDEO_OUTPUT_MPLANE = ffi.integer_const("V4L2_CAP_VIDEO_OUTPUT_MPLANE")
+V4L2_CAP_VIDEO_M2M_MPLANE = ffi.integer_const("V4L2_CAP_VIDEO_M2M_MPLANE")
+V4L2_CAP_STREAMING = ffi.integer_const("V4L2_CAP_STREAMING")
+V4L2_CAP_DEVICE_CAPS = ffi.integer_const("V4L2_CAP_DEVICE_CAPS")
+V4L2_BUF_TYPE_VIDEO_CAPTURE = ffi.integer_const("V4L2_BUF_TYPE_VIDEO_CAPTURE")
+V4L2_BUF_TYPE_VIDEO_OUTPUT = ffi.integer_const("V4L2_BUF_TYPE_VIDEO_OUTPUT")
+V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE = ffi.integer_const("V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE")
+V4L2_BUF_TYPE_VIDEO_OUTPUT_MPLANE = ffi.integer_const("V4L2_BUF_TYPE_VIDEO_OUTPUT_MPLANE")
+V4L2_MEMORY_MMAP = ffi.integer_const("V4L2_MEMORY_MMAP")
+V4L2_MEMORY_DMABUF = ffi.integer_const("V4L2_MEMORY_DMABUF")
+V4L2_FIELD_NONE = ffi.integer_const("V4L2_FIELD_NONE")
+V4L2_BUF_CAP_SUPPORTS_MMAP = ffi.integer_const("V4L2_BUF_CAP_SUPPORTS_MMAP")
+V4L2_BUF_CAP_SUPPORTS_DMABUF = ffi.integer_const("V4L2_BUF_CAP_SUPPORTS_DMABUF")
+V4L2_BUF_FLAG_QUEUED = ffi.integer_const("V4L2_BUF_FLAG_QUEUED")
+V4L2_BUF_FLAG_DONE = ffi.integer_const("V4L2_BUF_FLAG_DONE")
+V4L2_BUF_FLAG_ERROR = ffi.integer_const("V4L2_BUF_FLAG_ERROR")
+V4L2_BUF_FLAG_LAST = ffi.integer_const("V4L2_BUF_FLAG_LAST")
+VIDEO_MAX_PLANES = ffi.integer_const("VIDEO_MAX_PLANES")
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 

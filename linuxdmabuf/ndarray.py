@@ -97,6 +97,17 @@ FORMATS = {
 }
 
 
+# V4L2 fourcc (include/uapi/linux/videodev2.h) -> (the FORMATS key of its memory layout, whether each
+# plane is a buffer of its own: the multi-planar "M" formats)
+V4L2_FORMATS = {
+    "YUYV": ("YUYV", False), "UYVY": ("UYVY", False), "NV12": ("NV12", False), "NV21": ("NV21", False),
+    "NV16": ("NV16", False), "NV61": ("NV61", False), "YU12": ("YUV420", False), "YV12": ("YVU420", False),
+    "422P": ("YUV422", False), "RGB3": ("BGR888", False), "BGR3": ("RGB888", False), "GREY": ("R8", False),
+    "NM12": ("NV12", True), "NM21": ("NV21", True), "NM16": ("NV16", True), "NM61": ("NV61", True),
+    "YM12": ("YUV420", True), "YM21": ("YVU420", True),
+}
+
+
 @dataclass(frozen=True)
 class PlaneLayout:
     """Where one plane lies in a buffer: `height` rows of `width` elements, rows
@@ -271,14 +282,34 @@ def plane(source, width: int, height: int, *, pitch: int | None = None, dtype="u
     return _view(np, _mapping(source), layout)
 
 
-def frame(source, fourcc: str, width: int, height: int, *, pitches=None, offsets=None) -> tuple:
-    """One array per plane of a frame in format `fourcc`, all on one mapping of `source`.
+def frame(source, fourcc, width: int | None = None, height: int | None = None, *, pitches=None,
+          offsets=None) -> tuple:
+    """One array per plane of a frame in format `fourcc`, on one mapping of `source` (or one per plane).
 
     Planes as frame_layout() places them; e.g. ``y, uv = frame(buf, "NV12",
     640, 480)`` gives y (480, 640) and uv (240, 320, 2) with uv[..., 0] the U
-    (Cb) samples.
+    (Cb) samples. `fourcc` may be a V4L2 fourcc too ("YU12", "NM12", "RGB3":
+    see V4L2_FORMATS), or the :class:`linuxdmabuf.v4l2.Format` a device
+    chose, which gives the size and each plane's bytesperline:
+    ``frame(frame.buffer, fmt)`` for a captured frame. For a multi-planar
+    V4L2 format (NM12...) `source` is the tuple of one DmaBuf per plane.
     """
     np = _numpy()
+    if not isinstance(fourcc, str):  # a v4l2.Format: fourcc, size and pitches as the driver set them
+        width, height = fourcc.width, fourcc.height
+        pitches = pitches if pitches is not None else [p.bytesperline or None for p in fourcc.planes]
+        fourcc = fourcc.fourcc
+    if width is None or height is None:
+        raise TypeError("frame() needs width and height, or a v4l2.Format as its fourcc")
+    separate = fourcc in V4L2_FORMATS and fourcc not in FORMATS and V4L2_FORMATS[fourcc][1]
+    fourcc = fourcc if fourcc in FORMATS else V4L2_FORMATS.get(fourcc, (fourcc,))[0]
+    if separate:  # one buffer per plane, each plane at offset 0 of its own
+        planes = tuple(source) if isinstance(source, (tuple, list)) else (source,)
+        count = len(FORMATS[fourcc])
+        if len(planes) != count:
+            raise ValueError(f"a multi-planar {fourcc} frame needs {count} buffers, one per plane, not {len(planes)}")
+        layouts = frame_layout(fourcc, width, height, pitches=pitches, offsets=[0] * count)
+        return tuple(_view(np, _mapping(p), layout) for p, layout in zip(planes, layouts))
     layouts = frame_layout(fourcc, width, height, pitches=pitches, offsets=offsets)
     mapping = _mapping(source)
     return tuple(_view(np, mapping, layout) for layout in layouts)

@@ -10,7 +10,8 @@ from helpers import cloexec, open_fds
 
 from linuxdmabuf import DmaBuf, Heap, SwSyncTimeline, SyncFile, Udmabuf
 from linuxdmabuf.drm import Vgem
-from linuxdmabuf.pytest_plugin import present_or_expected
+from linuxdmabuf.pytest_plugin import need, present_or_expected
+from linuxdmabuf.v4l2 import VideoDevice
 
 pytestmark = pytest.mark.kernel
 
@@ -40,11 +41,14 @@ def _make(kind, request):
     if kind == "drm-vgem":
         request.getfixturevalue("vgem")
         return Vgem
+    if kind == "v4l2-vivid":
+        need("v4l2:vivid")
+        return lambda: VideoDevice.find(driver="vivid")
     raise AssertionError(kind)
 
 
 # Every kind this kernel has (sw_sync only where the kernel has it or is expected to).
-KINDS = ["dmabuf-heap", "dmabuf-udmabuf", "syncfile", "heap", "udmabuf-device", "drm-vgem"] + \
+KINDS = ["dmabuf-heap", "dmabuf-udmabuf", "syncfile", "heap", "udmabuf-device", "drm-vgem", "v4l2-vivid"] + \
     (["sw_sync"] if present_or_expected("sw_sync") else [])
 
 
@@ -151,6 +155,8 @@ CALLS = {
     Udmabuf: ["create(0)", "create_list([(0, 0, 4096)])", "allocate(4096)", "dup()", "detach()", "fileno()"],
     SwSyncTimeline: ["create_fence(1)", "advance()", "deadline(0)", "dup()", "detach()", "fileno()"],
     Vgem: ["version()", "get_cap(1)", "create_dumb(1, 1)", "fence_signal(1)", "dup()", "detach()", "fileno()"],
+    VideoDevice: ["set_format(640, 360, 'YUYV')", "get_format()", "formats()", "export_buffers(1)", "use_buffers([])",
+                  "queue(0)", "dequeue(timeout=0)", "start()", "stop()", "dup()", "detach()", "fileno()"],
 }
 
 

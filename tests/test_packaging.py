@@ -22,7 +22,7 @@ def _fresh_copy(dest) -> str:
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
-    if not shutil.which("git") or not os.path.isdir(os.path.join(TOP, ".git")):
+    if not shutil.which("git") or not os.path.exists(os.path.join(TOP, ".git")):
         pytest.skip("needs the project's git checkout")
     return _fresh_copy(tmp_path_factory.mktemp("clone"))
 

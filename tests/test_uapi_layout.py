@@ -24,7 +24,7 @@ CDEFS = os.path.join(TOP, "cdefs")
 # cdefs file -> the uAPI header it was taken from
 HEADERS = {"dma-buf.h": "linux/dma-buf.h", "dma-heap.h": "linux/dma-heap.h", "udmabuf.h": "linux/udmabuf.h",
            "sync_file.h": "linux/sync_file.h", "drm.h": "drm/drm.h", "drm_mode.h": "drm/drm_mode.h",
-           "vgem_drm.h": "drm/vgem_drm.h"}
+           "vgem_drm.h": "drm/vgem_drm.h", "videodev2.h": "linux/videodev2.h"}
 NOT_IN_HEADERS = {"sw_sync.h", "libc.h", "linux-types.h"}
 
 
@@ -46,7 +46,7 @@ def test_every_cdefs_file_is_stamped_and_mapped():
 
 def _ioctl_numbers() -> dict:
     return {name: value for name, value in vars(_uapi).items()
-            if re.fullmatch(r"(DMA_BUF|DMA_HEAP|UDMABUF|SYNC_IOC|DRM)_\w+", name) and isinstance(value, int)}
+            if re.fullmatch(r"(DMA_BUF|DMA_HEAP|UDMABUF|SYNC_IOC|DRM|VIDIOC|V4L2)_\w+", name) and isinstance(value, int)}
 
 
 def _expected_and_probe() -> tuple:
