@@ -165,7 +165,7 @@ class FakeApt:
     def newest(self, pattern):
         return "linux-binary-7.2.13+deb14-amd64" if "binary" in pattern else None
 
-    def download(self, packages, into):
+    def download(self, packages, into, log=None):
         for name, data in self.debs.items():
             with open(os.path.join(into, name), "wb") as f:
                 f.write(data)
