@@ -206,16 +206,18 @@ class VideoDevice(FdObject):
         return bool(self.caps & mplane)
 
     @classmethod
-    def find(cls, *, driver: str | None = None, kind: str = "capture",
-             multiplanar: bool | None = None) -> "VideoDevice":
+    def find(cls, *, driver: str | None = None, kind: str = "capture", multiplanar: bool | None = None,
+             name: str | None = None) -> "VideoDevice":
         """The first video node (in node order) whose driver is `driver` (any, if None) and that can do `kind`.
 
         `kind` is "capture", "output" or "m2m" (a memory-to-memory device:
         both queues on one node; for "capture" and "output" without a
         `driver`, m2m devices are left out: a codec is not a camera).
-        `multiplanar` picks single- or multi-planar nodes (either if None).
-        FileNotFoundError naming the nodes there are, with their drivers and
-        kinds, when none matches.
+        `multiplanar` picks single- or multi-planar nodes (either if None),
+        `name` a node by its own name (vicodec's "stateful-encoder" and
+        "stateful-decoder" share a driver and a card). FileNotFoundError
+        naming the nodes there are, with their drivers and kinds, when none
+        matches.
         """
         if driver is not None and not isinstance(driver, str):
             raise TypeError(f"driver must be a str or None, not {type(driver).__name__}")
@@ -234,13 +236,14 @@ class VideoDevice(FdObject):
             kinds = _kinds(device.caps)
             if ((driver is None or device.driver == driver) and kind in kinds
                     and (kind == "m2m" or "m2m" not in kinds or driver is not None)
-                    and (multiplanar is None or device.multiplanar == multiplanar)):
+                    and (multiplanar is None or device.multiplanar == multiplanar)
+                    and (name is None or device.name == name)):
                 return device
             planes = "multi-planar " if device.multiplanar else ""
             seen.append(f"{path} ({device.driver}: {planes}{', '.join(sorted(kinds)) or 'no video queue'})")
             device.close()
         what = (f"{'multi-planar ' if multiplanar else 'single-planar ' if multiplanar is False else ''}{kind} node"
-                + (f" of driver {driver!r}" if driver else ""))
+                + (f" named {name!r}" if name else "") + (f" of driver {driver!r}" if driver else ""))
         fix = f"; could not open {', '.join(denied)} (video nodes are usually group video)" if denied else ""
         raise os_error(errno.ENOENT, f"no V4L2 {what}", (f"the nodes here are: {'; '.join(seen)}" if seen else
                                                           "no /dev/video* node here") + fix)

@@ -61,6 +61,25 @@ def test_asyncio_pipeline():
     assert out.count("consumed 'frame") == 12 and "on 1 thread" in out
 
 
+def test_v4l2_capture():
+    pytest.importorskip("numpy")
+    need("v4l2:vivid")
+    need("heap:system")
+    out = run_example("v4l2_capture.py")
+    assert out.count(", Y min/mean/max ") == 5 and "(system, inode" in out
+    assert "exported: ['videobuf2_vmalloc', 'videobuf2_vmalloc']" in out
+
+
+def test_v4l2_codec_roundtrip():
+    pytest.importorskip("numpy")
+    need("v4l2:vicodec")
+    need("udmabuf")
+    out = run_example("v4l2_codec_roundtrip.py")
+    assert "encoded 640x368 YU12 (353280 bytes, system) into " in out and "in a udmabuf buffer" in out
+    psnr = float(out.split("luma PSNR ")[1].split(" dB")[0])
+    assert psnr > 35, out
+
+
 def test_vgem_prime():
     need_a_provider()
     need("drm:vgem")

@@ -54,11 +54,7 @@ def vim2m():
 
 def _vicodec(name: str):
     need("v4l2:vicodec")
-    for path in v4l2._video_nodes():
-        with VideoDevice(path) as dev:
-            if dev.driver == "vicodec" and dev.name == name:
-                return dev.dup()
-    raise AssertionError(f"vicodec has no {name} node")
+    return VideoDevice.find(driver="vicodec", kind="m2m", name=name)
 
 
 def row_bytes(buf: DmaBuf, fmt, row: int) -> bytes:
