@@ -262,6 +262,23 @@ def test_this_machines_cached_kernels_resolve_offline(listening_mirror):
 # -- failures inside the VM -----------------------------------------------------------------
 
 
+def test_our_config_fragment_builds_the_prebuilt_full_kernels_features():
+    """One fragment (linuxdmabuf/vm/dmabuf.config) for a user's own build of `full`: every option of the
+    recipe the prebuilt kernel came from (../shared/kernels, beside a source checkout) is in it."""
+    shared = os.path.join(TOP, "..", "shared", "kernels", "dmabuf.config")
+    if not os.path.exists(shared):
+        pytest.skip("no ../shared/kernels beside this checkout")
+
+    def options(path):
+        with open(path) as f:
+            return {line.strip() for line in f if line.startswith("CONFIG_")}
+
+    assert options(shared) <= options(kernels.CONFIG_FRAGMENT)
+    assert {"CONFIG_VIDEO_VIVID=y", "CONFIG_VIDEO_VIM2M=y", "CONFIG_VIDEO_VICODEC=y", "CONFIG_DRM_VKMS=y"} <= \
+        options(kernels.CONFIG_FRAGMENT)
+    assert not os.path.exists(os.path.join(TOP, "tools", "dmabuf.config"))
+
+
 def test_long_steps_say_they_are_still_going(monkeypatch):
     monkeypatch.setattr(kernels, "HEARTBEAT", 0.2)
     said = []
