@@ -2,6 +2,10 @@
  * operation, timed in a loop. Compiled on the spot by tools/bench (cc -O2).
  *
  *   bench OP ITERATIONS     prints the mean nanoseconds per operation
+ *   bench v4l2_pair ITERATIONS FD BUFFERS
+ *                           VIDIOC_DQBUF + VIDIOC_QBUF pairs on the streaming video
+ *                           capture queue of fd FD (inherited from tools/bench), BUFFERS
+ *                           at a time once the device has filled them all
  *
  * Needs /dev/dma_heap/system and /dev/udmabuf (and nothing else).
  */
@@ -12,6 +16,7 @@
 #include <linux/dma-heap.h>
 #include <linux/sync_file.h>
 #include <linux/udmabuf.h>
+#include <linux/videodev2.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,8 +90,46 @@ static int wait_fd(int fd, short events, int timeout)
 	return poll(&p, 1, timeout);
 }
 
+/* Whether the device has filled all `buffers` (VIDIOC_QUERYBUF: V4L2_BUF_FLAG_DONE on each). */
+static int all_done(int fd, int buffers)
+{
+	for (int i = 0; i < buffers; i++) {
+		struct v4l2_buffer b = { .index = i, .type = V4L2_BUF_TYPE_VIDEO_CAPTURE, .memory = V4L2_MEMORY_DMABUF };
+		if (ioctl(fd, VIDIOC_QUERYBUF, &b) < 0)
+			die("VIDIOC_QUERYBUF");
+		if (!(b.flags & V4L2_BUF_FLAG_DONE))
+			return 0;
+	}
+	return 1;
+}
+
+/* Every BUFFERS pairs, wait (untimed) until the device filled them all, then time the pairs alone. */
+static double v4l2_pairs(int fd, long n, int buffers)
+{
+	struct v4l2_buffer b = { .type = V4L2_BUF_TYPE_VIDEO_CAPTURE, .memory = V4L2_MEMORY_DMABUF };
+	long long timed = 0;
+	for (long done = 0; done < n; done += buffers) {
+		while (!all_done(fd, buffers))
+			usleep(20000);
+		long long start = now_ns();
+		for (int i = 0; i < buffers; i++) {
+			if (ioctl(fd, VIDIOC_DQBUF, &b) < 0)
+				die("VIDIOC_DQBUF");
+			b.bytesused = 0; /* the index, fd and length stay as DQBUF gave them back */
+			if (ioctl(fd, VIDIOC_QBUF, &b) < 0)
+				die("VIDIOC_QBUF");
+		}
+		timed += now_ns() - start;
+	}
+	return (double)timed / n;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 5 && !strcmp(argv[1], "v4l2_pair")) {
+		printf("%.1f\n", v4l2_pairs(atoi(argv[3]), atol(argv[2]), atoi(argv[4])));
+		return 0;
+	}
 	if (argc != 3) {
 		fprintf(stderr, "usage: %s OP ITERATIONS\n", argv[0]);
 		return 2;
