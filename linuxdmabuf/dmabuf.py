@@ -35,17 +35,11 @@ def _sync_args(when: int) -> tuple:
 _START = _sync_args(_uapi.DMA_BUF_SYNC_START)
 _END = _sync_args(_uapi.DMA_BUF_SYNC_END)
 _NO_ACCESS = "CPU access must include read, write or both"
+_poll = select.poll
+_new = ffi.new
+_object = object.__new__
 # Python 3.13+: the mapping keeps no duplicate of the fd (before, every mmap.mmap holds one while open).
 _NO_TRACKFD = {"trackfd": False} if sys.version_info >= (3, 13) else {}
-
-
-def _sync(buf: "DmaBuf", arg) -> None:
-    """DMA_BUF_IOCTL_SYNC with a prebuilt argument, restarted on EINTR/EAGAIN."""
-    fd = buf._fd
-    if fd < 0:
-        raise buf._closed_error()
-    if raw_ioctl(fd, _SYNC, arg) < 0:
-        ioctl_failed(fd, _SYNC, arg, "DMA_BUF_IOCTL_SYNC", again=True)
 
 
 class DmaBufInfo(namedtuple("DmaBufInfo", "size count exp_name name ino flags pos mnt_id", defaults=(0, 0))):
@@ -196,9 +190,11 @@ class DmaBuf(FdObject):
         asks. Always pair with sync_end(), or use cpu_access().
         """
         arg = _START[(1 if read else 0) | (2 if write else 0)]
-        if arg is None:
-            raise ValueError(_NO_ACCESS)
-        _sync(self, arg)
+        fd = self._fd  # _sync() inlined, as in cpu_access(): a per-frame path
+        if fd < 0 or arg is None:
+            raise self._closed_error() if fd < 0 else ValueError(_NO_ACCESS)
+        if raw_ioctl(fd, _SYNC, arg) < 0:
+            ioctl_failed(fd, _SYNC, arg, "DMA_BUF_IOCTL_SYNC", again=True)
 
     def sync_end(self, *, read: bool = True, write: bool = True) -> None:
         """DMA_BUF_IOCTL_SYNC END: CPU access through a mapping is over.
@@ -207,9 +203,11 @@ class DmaBuf(FdObject):
         END before any START on the buffer.
         """
         arg = _END[(1 if read else 0) | (2 if write else 0)]
-        if arg is None:
-            raise ValueError(_NO_ACCESS)
-        _sync(self, arg)
+        fd = self._fd
+        if fd < 0 or arg is None:
+            raise self._closed_error() if fd < 0 else ValueError(_NO_ACCESS)
+        if raw_ioctl(fd, _SYNC, arg) < 0:
+            ioctl_failed(fd, _SYNC, arg, "DMA_BUF_IOCTL_SYNC", again=True)
 
     def cpu_access(self, *, read: bool = True, write: bool = True) -> _CpuAccess:
         """``with buf.cpu_access(read=..., write=...):`` -- START on entry, END on exit, also on exception."""
@@ -302,12 +300,15 @@ class DmaBuf(FdObject):
         must wait for, like POLLOUT). An idle buffer gives an already-signaled
         fence. Linux 6.0+.
         """
-        fd = self.fileno()
-        arg = ffi.new(_EXPORT_ARG)
-        arg.flags = _WRITE if write else _READ
+        fd = self._fd
+        if fd < 0:
+            raise self._closed_error()
+        arg = _new(_EXPORT_ARG, (_WRITE if write else _READ, 0))
         if raw_ioctl(fd, _EXPORT, arg) < 0:
             ioctl_failed(fd, _EXPORT, arg, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE", _EXPORT_FIXES)
-        return SyncFile._wrap(arg.fd)
+        fence = _object(SyncFile)  # SyncFile._wrap(), inline: an fd-making path
+        fence._fd = arg.fd
+        return fence
 
     def import_sync_file(self, sync_file, *, write: bool = True) -> None:
         """DMA_BUF_IOCTL_IMPORT_SYNC_FILE: add a fence to the buffer's implicit fences.
@@ -330,8 +331,18 @@ class DmaBuf(FdObject):
         pending user at all) with write=True. Signals do not restart the
         timeout.
         """
-        timeout = check_timeout(timeout)
-        return poll_fd(self.fileno(), select.POLLOUT if write else select.POLLIN, timeout)
+        fd = self._fd
+        if fd < 0:
+            raise self._closed_error()
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        events = select.POLLOUT if write else select.POLLIN
+        p = _poll()  # the non-blocking first look, inline: an idle buffer's wait is a per-frame path
+        p.register(fd, events)
+        ready = p.poll(0)
+        if ready or timeout == 0:
+            return bool(ready)
+        return poll_fd(fd, events, timeout)
 
     async def wait_async(self, *, write: bool = False, timeout: float | None = None) -> bool:
         """Await the implicit fences on the running asyncio loop, without a thread."""

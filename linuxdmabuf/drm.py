@@ -286,7 +286,7 @@ class GemObject:
             handle = self._handle
         except AttributeError:  # never made
             return
-        if handle is not None:
+        if handle is not None and not self.device.closed:  # (closing the DRM file released every handle)
             self._handle = None
             try:
                 _warn(f"unclosed GEM handle {handle} on {self.device.path}", UnclosedWarning, source=self)

@@ -14,6 +14,8 @@ _RAM = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 _ALLOC = _uapi.DMA_HEAP_IOCTL_ALLOC
 _ALLOCATION_DATA = ffi.typeof("struct dma_heap_allocation_data *")
 _READWRITE = os.O_RDWR | os.O_CLOEXEC
+_new = ffi.new
+_object = object.__new__
 _READONLY = os.O_RDONLY | os.O_CLOEXEC
 
 
@@ -149,21 +151,24 @@ class Heap(FdObject):
         machine's RAM is refused with ENOMEM before the kernel is asked, as
         the system heap would rather wake the OOM killer than fail.
         """
-        fd = self.fileno()
-        size = check_int(size, "size")
-        if not 0 < size <= 2**64 - _uapi.PAGE_SIZE:
-            raise ValueError(f"size must be a positive number of bytes below 2**64 - page size, not {size}")
-        if size > _RAM:
+        fd = self._fd  # per call as little Python as the kernel work allows: allocation is an fd-making path
+        if fd < 0:
+            raise self._closed_error()
+        if type(size) is not int:
+            size = check_int(size, "size")
+        if not 0 < size <= _RAM:
+            if size <= 0 or size > 2**64 - _uapi.PAGE_SIZE:
+                raise ValueError(f"size must be a positive number of bytes below 2**64 - page size, not {size}")
             # The system heap takes pages one chunk at a time until it has them
             # all: asked for more than exists, it wakes the OOM killer instead
             # of failing.
             raise os_error(errno.ENOMEM, f"DMA_HEAP_IOCTL_ALLOC of {size} bytes from {self._path}",
                            f"more than this machine's {_RAM} bytes of RAM")
-        data = ffi.new(_ALLOCATION_DATA)
-        data.len = size
-        data.fd_flags = _READONLY if readonly else _READWRITE
+        data = _new(_ALLOCATION_DATA, (size, 0, _READONLY if readonly else _READWRITE))  # len, fd, fd_flags
         if raw_ioctl(fd, _ALLOC, data) < 0:
             ioctl_failed(fd, _ALLOC, data, f"DMA_HEAP_IOCTL_ALLOC of {size} bytes from {self._path}",
                          {errno.ENOMEM: f"{self.name} cannot supply {size} bytes now"})
-        return DmaBuf._wrap(data.fd)
+        buf = _object(DmaBuf)  # DmaBuf._wrap(), inline
+        buf._fd = data.fd
+        return buf
 

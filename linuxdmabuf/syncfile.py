@@ -15,6 +15,10 @@ _FILE_INFO_ARG = ffi.typeof("struct sync_file_info *")
 _FENCE_INFO_ARRAY = ffi.typeof("struct sync_fence_info[]")
 _MERGE_ARG = ffi.typeof("struct sync_merge_data *")
 _MERGE_FIXES = {errno.ENOENT: "the other fd is not a sync_file"}
+_POLLIN = select.POLLIN
+_poll = select.poll
+_object = object.__new__
+_new = ffi.new
 _MERGED = "merged"  # merge()'s default name, recognised by identity: no encoding per call
 
 
@@ -74,13 +78,27 @@ class SyncFile(FdObject):
         poll(POLLIN) with the GIL released; a signal handler that returns
         resumes the wait with the remaining time.
         """
-        timeout = check_timeout(timeout)
-        return poll_fd(self.fileno(), select.POLLIN, timeout)
+        fd = self._fd
+        if fd < 0:
+            raise self._closed_error()
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        p = _poll()  # the non-blocking first look, inline (a per-frame path)
+        p.register(fd, _POLLIN)
+        ready = p.poll(0)
+        if ready or timeout == 0:
+            return bool(ready)
+        return poll_fd(fd, _POLLIN, timeout)
 
     @property
     def signaled(self) -> bool:
         """True if the fence has signaled (successfully or with an error). Non-blocking."""
-        return poll_fd(self.fileno(), select.POLLIN, 0)
+        fd = self._fd
+        if fd < 0:
+            raise self._closed_error()
+        p = _poll()
+        p.register(fd, _POLLIN)
+        return bool(p.poll(0))
 
     async def wait_async(self, timeout: float | None = None) -> bool:
         """Await the fence on the running asyncio loop, with no thread.
@@ -134,6 +152,16 @@ class SyncFile(FdObject):
         one fence per timeline (the later one); merging a fence with itself
         is allowed. ENOENT from the kernel means an argument is not a sync_file.
         """
+        if len(others) == 1 and type(others[0]) is SyncFile:  # the common case, with no more Python than it needs
+            fd, fd2 = self._fd, others[0]._fd
+            if fd < 0 or fd2 < 0:
+                raise self._closed_error() if fd < 0 else others[0]._closed_error()
+            data = _new(_MERGE_ARG, (b"merged" if name is _MERGED else encode_name(name, "sync_file name"), fd2))
+            if raw_ioctl(fd, _MERGE, data) < 0:
+                ioctl_failed(fd, _MERGE, data, "SYNC_IOC_MERGE", _MERGE_FIXES)
+            merged = _object(SyncFile)  # SyncFile._wrap(), inline: an fd-making path
+            merged._fd = data.fence
+            return merged
         if not others:
             raise TypeError("merge() needs at least one other SyncFile (merge(self) merges a fence with itself)")
         for other in others:  # every argument checked before the first merge is made
@@ -149,7 +177,8 @@ class SyncFile(FdObject):
                 fd = result.fileno()
                 if raw_ioctl(fd, _MERGE, data) < 0:
                     ioctl_failed(fd, _MERGE, data, "SYNC_IOC_MERGE", _MERGE_FIXES)
-                merged = SyncFile._wrap(data.fence)
+                merged = _object(SyncFile)  # SyncFile._wrap(), inline: an fd-making path
+                merged._fd = data.fence
             finally:
                 if result is not self:
                     result.close()

@@ -6,13 +6,30 @@ import stat
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import GRANT_ACCESS, UnsupportedError, check_fd, check_int, fd_target, ioctl, missing_device, os_error
+from ._sys import (
+    GRANT_ACCESS,
+    UnsupportedError,
+    check_fd,
+    check_int,
+    fd_target,
+    ioctl,
+    ioctl_failed,
+    missing_device,
+    os_error,
+    raw_ioctl,
+)
 from ._uapi import PAGE_SIZE, ffi
 from .dmabuf import DmaBuf
 
 DEVICE = "/dev/udmabuf"
 PARAMETERS = "/sys/module/udmabuf/parameters"
 F_SEAL_FUTURE_WRITE = 0x10  # include/uapi/linux/fcntl.h; not in Python's fcntl module
+_CREATE = _uapi.UDMABUF_CREATE
+_CREATE_ARG = ffi.typeof("struct udmabuf_create *")
+_MEMFD = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+_MEMFD_HUGETLB = _MEMFD | os.MFD_HUGETLB
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+_object = object.__new__
 
 
 def _segment(memfd, offset, size) -> tuple:
@@ -80,11 +97,23 @@ class Udmabuf(FdObject):
         end of the memfd. The dma-buf is O_RDWR and O_CLOEXEC.
         """
         self.fileno()
-        segments = [_segment(memfd, offset, size)]
-        arg = ffi.new("struct udmabuf_create *")
-        arg.memfd, arg.offset, arg.size = segments[0]
-        arg.flags = _uapi.UDMABUF_FLAGS_CLOEXEC
-        return self._create(_uapi.UDMABUF_CREATE, arg, "UDMABUF_CREATE", segments)
+        return self._create_one(*_segment(memfd, offset, size))
+
+    def _create_one(self, memfd: int, offset: int, size: int) -> DmaBuf:
+        """UDMABUF_CREATE of checked arguments."""
+        fd = self._fd
+        if fd < 0:
+            raise self._closed_error()
+        arg = ffi.new(_CREATE_ARG, (memfd, _uapi.UDMABUF_FLAGS_CLOEXEC, offset, size))
+        new = raw_ioctl(fd, _CREATE, arg)
+        if new < 0:
+            try:
+                new = ioctl_failed(fd, _CREATE, arg, "UDMABUF_CREATE")
+            except OSError as e:
+                raise os_error(e.errno, "UDMABUF_CREATE", _diagnose(e.errno, [(memfd, offset, size)])) from None
+        buf = _object(DmaBuf)  # DmaBuf._wrap(), inline: an fd-making path
+        buf._fd = new
+        return buf
 
     def create_list(self, segments) -> DmaBuf:
         """UDMABUF_CREATE_LIST: one dma-buf of several (memfd, offset, size) segments, in order.
@@ -116,23 +145,25 @@ class Udmabuf(FdObject):
         MFD_HUGETLB with hugetlb=True, size rounded up to huge pages) is closed
         again: the dma-buf keeps its pages.
         """
-        self.fileno()
-        size = check_int(size, "size")
+        if self._fd < 0:
+            raise self._closed_error()
+        if type(size) is not int:
+            size = check_int(size, "size")
         if size <= 0:
             raise ValueError(f"size must be positive, not {size}")
         page = _huge_page_size() if hugetlb else PAGE_SIZE
         if size > 2**63 - page:  # the memfd's size is an off_t
             raise ValueError(f"size must be at most 2**63 - {page}, not {size}")
-        flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | (os.MFD_HUGETLB if hugetlb else 0)
         try:
-            memfd = os.memfd_create("linuxdmabuf", flags)
+            memfd = os.memfd_create("linuxdmabuf", _MEMFD_HUGETLB if hugetlb else _MEMFD)
         except OSError as e:
             fix = "this kernel has no hugetlbfs memfds" if hugetlb and e.errno == errno.EINVAL else ""
             raise os_error(e.errno, "memfd_create", fix) from None
         try:
-            os.ftruncate(memfd, -(-size // page) * page)
-            fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
-            return self.create(memfd)
+            size = -(-size // page) * page
+            os.ftruncate(memfd, size)
+            fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, _SEALS)
+            return self._create_one(memfd, 0, size)
         finally:
             os.close(memfd)
 

@@ -19,6 +19,7 @@ import errno
 import os
 import select
 import stat
+import struct
 import time
 from collections import namedtuple
 from typing import Any, NamedTuple
@@ -93,31 +94,67 @@ class Frame(namedtuple("Frame", "index buffer bytesused sequence timestamp_ns fl
         return bool(self.flags & _uapi.V4L2_BUF_FLAG_ERROR)
 
 
-class _Queue:
-    """One buffer queue of the device: its type, memory, buffers and the QBUF/DQBUF arguments it reuses."""
+def _reader(ctype: str, *fields) -> struct.Struct:
+    """A struct.Struct unpacking `fields` of C type `ctype` (in offset order; a nested one as a tuple of
+    names) in one call, at the offsets cffi computes from cdefs/, i.e. the header's: a frame's fields
+    read at C speed, instead of one cffi attribute access each."""
+    layout, position = "=", 0
+    for field in fields:
+        path = (field,) if isinstance(field, str) else field
+        offset, ftype = ffi.offsetof(ctype, *path), ffi.typeof(ctype)
+        for name in path:
+            ftype = dict(ftype.fields)[name].type
+        layout += "x" * (offset - position) + {4: "I", 8: "q"}[ffi.sizeof(ftype)]
+        position = offset + ffi.sizeof(ftype)
+    return struct.Struct(layout)
 
-    __slots__ = ("name", "type", "mplane", "memory", "buffers", "nplanes", "sizes", "qbuf", "qplanes", "dqbuf",
+
+# index, bytesused, flags, timestamp, sequence of a dequeued struct v4l2_buffer
+_DQ_FIELDS = _reader("struct v4l2_buffer", "index", "bytesused", "flags", ("timestamp", "tv_sec"),
+                     ("timestamp", "tv_usec"), "sequence").unpack_from
+
+
+class _Queue:
+    """One buffer queue of the device: its type, memory and buffers, a prebuilt VIDIOC_QBUF argument per
+    buffer (per frame, queue() fills in nothing but an output's bytesused), one for VIDIOC_DQBUF."""
+
+    __slots__ = ("name", "type", "mplane", "memory", "buffers", "nplanes", "sizes", "qargs", "dqbuf", "dqview",
                  "dqplanes", "events")
 
     def __init__(self, name: str, buf_type: int, mplane: bool):
         self.name, self.type, self.mplane = name, buf_type, mplane
         self.memory = 0  # V4L2_MEMORY_MMAP or _DMABUF, once buffers are set
         self.buffers: list = []
+        self.qargs: list = []  # per index: (QBUF argument, its plane array or None, the DmaBufs, their fds)
         self.nplanes = 1
         self.sizes: tuple = ()  # each plane's sizeimage
         self.events = select.POLLIN if name == "capture" else select.POLLOUT
-        self.qbuf, self.dqbuf = ffi.new(_BUFFER), ffi.new(_BUFFER)
-        self.qplanes: Any = None
+        self.dqbuf = ffi.new(_BUFFER)
+        self.dqview = ffi.buffer(self.dqbuf)
         self.dqplanes: Any = None
 
     def arrange(self, memory: int, buffers: list, nplanes: int, sizes: tuple) -> None:
-        """Prebuild the QBUF and DQBUF arguments for `buffers` (per-frame calls fill in only what changes)."""
+        """Prebuild the QBUF arguments of `buffers` and the DQBUF one."""
         self.memory, self.buffers, self.nplanes, self.sizes = memory, buffers, nplanes, sizes
-        for arg in (self.qbuf, self.dqbuf):
-            arg.type, arg.memory = self.type, memory
+        output = self.name == "output"
+        self.qargs = []
+        for index, item in enumerate(buffers):
+            arg = ffi.new(_BUFFER)
+            arg.index, arg.type, arg.memory = index, self.type, memory
+            planes = item if self.mplane else (item,)
+            array = None
+            if self.mplane:
+                array = ffi.new(_PLANES, nplanes)
+                arg.m.planes, arg.length = array, nplanes
+            for plane, (buf, size) in enumerate(zip(planes, sizes)):
+                target = array[plane] if array is not None else arg
+                target.bytesused = size if output else 0  # an output plane's whole format, by default
+                if memory == _DMABUF:
+                    target.m.fd, target.length = buf.fileno(), buf.size
+            self.qargs.append((arg, array, planes, tuple(p.fileno() for p in planes) if memory == _DMABUF else ()))
+        self.dqbuf.type, self.dqbuf.memory = self.type, memory
         if self.mplane:
-            self.qplanes, self.dqplanes = ffi.new(_PLANES, nplanes), ffi.new(_PLANES, nplanes)
-            self.qbuf.m.planes, self.qbuf.length = self.qplanes, nplanes
+            self.dqplanes = ffi.new(_PLANES, nplanes)
             self.dqbuf.m.planes, self.dqbuf.length = self.dqplanes, nplanes
 
 
@@ -397,33 +434,35 @@ class VideoDevice(FdObject):
         For an output queue `bytesused` (an int, or one per plane) says how
         much of each plane holds data; it defaults to the format's whole
         plane. For an imported buffer smaller than the format needs, the
-        kernel's EINVAL names the size it needs.
+        kernel's EINVAL names the size it needs. An imported DmaBuf closed
+        since use_buffers() is refused (ValueError): its old fd number may
+        belong to another file by now.
         """
-        fd = self.fileno()
+        fd = self._fd
+        if fd < 0:
+            raise self._closed_error()
         q = self._queues.get(queue) or self._queue(queue)
-        if not q.buffers:
-            raise ValueError(f"no buffers on the {queue} queue: export_buffers() or use_buffers() first")
-        index = check_int(index, "index")
-        if not 0 <= index < len(q.buffers):
-            raise ValueError(f"index {index} is not one of the {len(q.buffers)} buffers of the {queue} queue")
-        arg = q.qbuf
-        arg.index = index
-        used = (0,) * q.nplanes if bytesused is None and q.name == "capture" else \
-            q.sizes if bytesused is None else _per_plane(bytesused, q.nplanes)
-        buffer = q.buffers[index]
-        if q.mplane:
-            for plane, (p, n) in enumerate(zip(buffer, used)):
-                qp = q.qplanes[plane]
-                qp.bytesused = n
-                if q.memory == _DMABUF:
-                    qp.m.fd, qp.length = p.fileno(), p.size
-        else:
-            arg.bytesused = used[0]
-            if q.memory == _DMABUF:
-                arg.m.fd, arg.length = buffer.fileno(), buffer.size
+        qargs = q.qargs
+        if type(index) is not int:
+            index = check_int(index, "index")
+        if not 0 <= index < len(qargs):
+            raise ValueError(f"index {index} is not one of the {len(qargs)} buffers of the {queue} queue" if qargs
+                             else f"no buffers on the {queue} queue: export_buffers() or use_buffers() first")
+        arg, array, planes, fds = qargs[index]
+        for p, number in zip(planes, fds):
+            if p._fd != number:
+                raise ValueError(f"buffer {index} of the {queue} queue was closed after use_buffers(); "
+                                 "give use_buffers() open DmaBufs again")
+        if bytesused is not None and q.name == "output":
+            for plane, n in enumerate(_per_plane(bytesused, q.nplanes)):
+                (array[plane] if array is not None else arg).bytesused = n
         if raw_ioctl(fd, _QBUF, arg) < 0:
+            used = _per_plane(bytesused, q.nplanes) if bytesused is not None else q.sizes
             ioctl_failed(fd, _QBUF, arg, f"VIDIOC_QBUF {index} on {self._path} {queue}",
                          {errno.EINVAL: self._diagnose_qbuf(q, index, used)})
+        if bytesused is not None and q.name == "output":  # back to the default for the next queue()
+            for plane, n in enumerate(q.sizes):
+                (array[plane] if array is not None else arg).bytesused = n
 
     def _diagnose_qbuf(self, q: _Queue, index: int, used: tuple) -> str:
         buffer = q.buffers[index]
@@ -441,19 +480,22 @@ class VideoDevice(FdObject):
         EINVAL from the kernel when the queue is not streaming; EPIPE after
         the last buffer of a drained codec (V4L2_BUF_FLAG_LAST).
         """
-        fd = self.fileno()
+        fd = self._fd
+        if fd < 0:
+            raise self._closed_error()
         q = self._queues.get(queue) or self._queue(queue)
-        arg = q.dqbuf
-        if raw_ioctl(fd, _DQBUF, arg) < 0:  # O_NONBLOCK: a finished buffer is taken at once, without a poll
-            if not self._wait_and_dequeue(q, check_timeout(timeout)):
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        if raw_ioctl(fd, _DQBUF, q.dqbuf) < 0:  # O_NONBLOCK: a finished buffer is taken at once, without a poll
+            if not self._wait_and_dequeue(q, timeout):
                 return None
+        index, used, flags, sec, usec, sequence = _DQ_FIELDS(q.dqview)
         if q.mplane:
-            used = tuple(q.dqplanes[i].bytesused for i in range(q.nplanes))
+            planes = q.dqplanes
+            used = tuple(planes[i].bytesused for i in range(q.nplanes))
         else:
-            used = (arg.bytesused,)
-        stamp = arg.timestamp
-        return Frame(arg.index, q.buffers[arg.index], used, arg.sequence,
-                     stamp.tv_sec * 1_000_000_000 + stamp.tv_usec * 1000, arg.flags)
+            used = (used,)
+        return Frame(index, q.buffers[index], used, sequence, sec * 1_000_000_000 + usec * 1000, flags)
 
     def _wait_and_dequeue(self, q: _Queue, timeout: float | None) -> bool:
         """DQBUF answered: poll for the queue's buffer until `timeout`, then DQBUF again; False on timeout."""
