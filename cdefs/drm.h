@@ -1,7 +1,7 @@
-/* The few DRM structs the vgem helper (linuxdmabuf/drm.py) needs to move
- * dma-bufs in and out of a real importer; linuxdmabuf is not a DRM binding.
+/* The few DRM structs linuxdmabuf/drm.py and kms.py need to move dma-bufs in
+ * and out of a real importer and onto a display; linuxdmabuf is not a DRM binding.
  * Taken from Linux 7.2.13 include/uapi/drm/drm.h (drm_version, drm_get_cap,
- * drm_gem_close, drm_prime_handle) (Debian linux-libc-dev 7.2.13-1). */
+ * drm_gem_close, drm_prime_handle, drm_set_client_cap) (Debian linux-libc-dev 7.2.13-1). */
 struct drm_version {
     int version_major;
     int version_minor;
@@ -30,6 +30,14 @@ struct drm_prime_handle {
     __s32 fd;
 };
 
+struct drm_set_client_cap {
+    __u64 capability;
+    __u64 value;
+};
+
+#define DRM_CLIENT_CAP_UNIVERSAL_PLANES 2
+#define DRM_CLIENT_CAP_ATOMIC 3
+#define DRM_CLIENT_CAP_WRITEBACK_CONNECTORS 5
 #define DRM_CAP_DUMB_BUFFER 0x1
 #define DRM_CAP_PRIME 0x5
 #define DRM_PRIME_CAP_IMPORT 0x1
