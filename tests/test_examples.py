@@ -17,8 +17,8 @@ pytestmark = pytest.mark.kernel
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
-def run_example(name: str) -> str:
-    done = subprocess.run([sys.executable, os.path.join(EXAMPLES, name)], capture_output=True, text=True,
+def run_example(name: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args], capture_output=True, text=True,
                           timeout=300, cwd=EXAMPLES)
     assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     assert done.stdout.endswith("ok\n"), done.stdout
@@ -78,6 +78,18 @@ def test_v4l2_codec_roundtrip():
     assert "encoded 640x368 YU12 (353280 bytes, system) into " in out and "in a udmabuf buffer" in out
     psnr = float(out.split("luma PSNR ")[1].split(" dB")[0])
     assert psnr > 35, out
+
+
+def test_kms_writeback(tmp_path):
+    pytest.importorskip("numpy")
+    need("drm:vkms")
+    need("sw_sync")
+    need("heap:system")
+    png = tmp_path / "capture.png"
+    out = run_example("kms_writeback.py", str(png))
+    assert "on screen after 0.2 s? False" in out and "captured frame: 0 of 786432 pixels differ" in out
+    data = png.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and b"IHDR" in data[:16] and len(data) > 1000
 
 
 def test_vgem_prime():
