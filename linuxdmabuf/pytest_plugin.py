@@ -170,6 +170,20 @@ def need(feature: str, *, _at_item: bool = False) -> None:
     raise pytest.skip.Exception(f"{why} {_where()}", _use_item_location=_at_item)
 
 
+def need_module(feature: str) -> None:
+    """At the top of a test module all about `feature`: where this kernel lacks it, skip the whole module
+    (one skip, naming the feature); where the kernel is expected to have it, fail the module's collection."""
+    why = unmet(feature)
+    if why is None:
+        return
+    if not why.denied and is_expected(feature):
+        spec = os.environ.get("LINUXDMABUF_VM_KERNEL") or "LINUXDMABUF_EXPECT"
+        raise pytest.fail.Exception(f"missing feature {feature}, which kernel {os.uname().release} ({spec}) is "
+                                    f"expected to have: {why.reason} (uid {os.getuid()})", pytrace=False)
+    module = os.path.basename(sys._getframe(1).f_code.co_filename)  # the report's location is this plugin's
+    pytest.skip(f"all of {module}: {why} {_where()}", allow_module_level=True)
+
+
 def has(feature: str) -> bool:
     """True if `feature` can be used here, False if this kernel lacks it (or this user may not use it);
     fails the test, naming the feature, where the kernel is expected to have it. For tests that do

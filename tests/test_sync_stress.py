@@ -11,7 +11,9 @@ import pytest
 from reliability import LONG, at_baseline, scaled
 
 from linuxdmabuf import FenceStatus, SwSyncTimeline, SyncFile
+from linuxdmabuf.pytest_plugin import need_module
 
+need_module("sw_sync")  # sw_sync's own semantics: one skip where the kernel has none, a failure where it must
 pytestmark = [pytest.mark.requires_sw_sync, pytest.mark.slow]
 FOREVER = 120  # seconds: a wait that long means a lost wake-up
 

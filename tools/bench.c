@@ -2,6 +2,11 @@
  * operation, timed in a loop. Compiled on the spot by tools/bench (cc -O2).
  *
  *   bench OP ITERATIONS     prints the mean nanoseconds per operation
+ *   bench kms_commit ITERATIONS FD FENCE_OBJ FENCE_PROP OBJ:PROP:VALUE...
+ *                           non-blocking atomic commits of those properties plus the
+ *                           out-fence pointer (FENCE_PROP of object FENCE_OBJ: the CRTC's
+ *                           or the writeback connector's) on the display fd FD (inherited), each
+ *                           waited for; prints "commit_ns frame_ns" per commit
  *   bench v4l2_pair ITERATIONS FD BUFFERS
  *                           VIDIOC_DQBUF + VIDIOC_QBUF pairs on the streaming video
  *                           capture queue of fd FD (inherited from tools/bench), BUFFERS
@@ -17,6 +22,8 @@
 #include <linux/sync_file.h>
 #include <linux/udmabuf.h>
 #include <linux/videodev2.h>
+#include <drm/drm.h>
+#include <drm/drm_mode.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,8 +131,51 @@ static double v4l2_pairs(int fd, long n, int buffers)
 	return (double)timed / n;
 }
 
+/* N commits of the given (object, property, value) triples and an out-fence pointer; each waited for. */
+static void kms_commits(long n, int fd, __u32 crtc, __u32 out_prop, int count, char **triples)
+{
+	__u32 objs[16], counts[16], props[32];
+	__u64 values[32];
+	int nobjs = 0, nprops = 0;
+	__s32 fence = -1;
+	for (int i = 0; i <= count; i++) {
+		unsigned obj, prop;
+		unsigned long long value;
+		if (i < count) {
+			if (sscanf(triples[i], "%u:%u:%llu", &obj, &prop, &value) != 3)
+				die("OBJ:PROP:VALUE");
+		} else {
+			obj = crtc, prop = out_prop, value = (__u64)(unsigned long)&fence;
+		}
+		if (!nobjs || objs[nobjs - 1] != obj)
+			objs[nobjs] = obj, counts[nobjs++] = 0;
+		counts[nobjs - 1]++;
+		props[nprops] = prop, values[nprops++] = value;
+	}
+	struct drm_mode_atomic atomic = {
+		.flags = DRM_MODE_ATOMIC_NONBLOCK, .count_objs = nobjs, .objs_ptr = (__u64)(unsigned long)objs,
+		.count_props_ptr = (__u64)(unsigned long)counts, .props_ptr = (__u64)(unsigned long)props,
+		.prop_values_ptr = (__u64)(unsigned long)values,
+	};
+	long long committing = 0, start = now_ns();
+	for (long i = 0; i < n; i++) {
+		long long t = now_ns();
+		if (ioctl(fd, DRM_IOCTL_MODE_ATOMIC, &atomic) < 0)
+			die("DRM_IOCTL_MODE_ATOMIC");
+		committing += now_ns() - t;
+		if (wait_fd(fence, POLLIN, -1) != 1)
+			die("poll");
+		close(fence);
+	}
+	printf("%.1f %.1f\n", (double)committing / n, (double)(now_ns() - start) / n);
+}
+
 int main(int argc, char **argv)
 {
+	if (argc >= 6 && !strcmp(argv[1], "kms_commit")) {
+		kms_commits(atol(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argc - 6, argv + 6);
+		return 0;
+	}
 	if (argc == 5 && !strcmp(argv[1], "v4l2_pair")) {
 		printf("%.1f\n", v4l2_pairs(atoi(argv[3]), atol(argv[2]), atoi(argv[4])));
 		return 0;
