@@ -365,6 +365,54 @@ def _kernel_fds() -> dict:
     return found
 
 
+def _origin(obj) -> str:
+    """Where a linuxdmabuf object was made: the first frame outside the package of the Python stack
+    tracemalloc recorded for it (the fixture traces allocations while it is active)."""
+    import tracemalloc
+
+    trace = tracemalloc.get_object_traceback(obj) if obj is not None else None
+    if trace is None:
+        return ""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frames = [f for f in trace if not os.path.abspath(f.filename).startswith(package + os.sep)] or list(trace)
+    frame = frames[-1]  # tracemalloc lists the oldest call first: the last one outside the package made it
+    return f"made at {os.path.relpath(frame.filename)}:{frame.lineno}"
+
+
+def _fd_owner(fd: int):
+    """The open linuxdmabuf object owning fd `fd`, if any."""
+    import gc
+
+    from linuxdmabuf._fd import FdObject
+
+    return next((o for o in gc.get_objects() if isinstance(o, FdObject) and o._fd == fd), None)
+
+
+def _describe_fd(fd: int, target: str, events: list) -> str:
+    """What a leaked fd is and where it came from: the stack that made its object, else the trace event
+    that brought it into this process."""
+    what = f"fd {fd} ({target})"
+    if target.startswith("/dmabuf:"):
+        from linuxdmabuf.dmabuf import parse_fdinfo
+
+        try:
+            with open(f"/proc/self/fdinfo/{fd}", encoding="utf-8", errors="surrogateescape", newline="") as f:
+                info = parse_fdinfo(f.read())
+            what = f"fd {fd}: dma-buf inode {info.ino}, exporter {info.exp_name}, {info.size} bytes" + (
+                f", name {info.name!r}" if info.name else "")
+        except (OSError, KeyError, ValueError):
+            pass
+        origin = _origin(_fd_owner(fd))
+        if not origin:
+            came = [e for e in events if e.kind == "fd" and e.fd == fd]
+            if came:
+                e = came[-1]
+                origin = f"came in as dma_buf_fd in pid {e.pid} ({e.comm}), exporter {e.exp_name}"
+    else:
+        origin = _origin(_fd_owner(fd))
+    return what + (f", {origin}" if origin else "") + ", left open"
+
+
 @pytest.fixture
 def dmabuf_leak_check():
     """Fails the test if it leaves dma-buf or sync_file fds open, or lets the
@@ -373,28 +421,51 @@ def dmabuf_leak_check():
     Compares this process's dma-buf and sync_file fds (/proc/self/fd) when the
     fixture is torn down with those open when it was set up: fixtures set up
     before it may keep theirs. The failure is reported at teardown (pytest
-    counts it as an error) and names each fd. Other warnings of the test go on
-    to pytest as usual.
+    counts it as an error) and names each leak: inode, exporter, size and
+    name, and where it came from -- the test's line that made the object
+    (allocations are traced with tracemalloc while the fixture is active),
+    else, where the kernel traces dma-bufs (Linux 7.0+, root), the
+    dma_buf_fd event that brought the fd into the process. Other warnings
+    of the test go on to pytest as usual.
     """
     import gc
+    import tracemalloc
     import warnings
 
-    before = _kernel_fds()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        yield
-        gc.collect()
-    from linuxdmabuf import UnclosedWarning
+    from linuxdmabuf import UnclosedWarning, UnsupportedError
 
-    ours = [w for w in caught if issubclass(w.category, UnclosedWarning)]  # closed by the garbage collector
-    for w in caught:
-        if w not in ours:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-    leaked = {fd: target for fd, target in _kernel_fds().items() if before.get(fd) != target}
-    if leaked or ours:
-        pytest.fail("dma-buf/sync_file leak: " + ", ".join(
-            [f"fd {fd} ({target}) left open" for fd, target in sorted(leaked.items())] +
-            [f"{w.message} closed only by the garbage collector" for w in ours]), pytrace=False)
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start(8)
+    tracer = None
+    try:
+        from linuxdmabuf.trace import Tracer
+
+        tracer = Tracer(os.getpid(), buffer_kb=256)
+    except UnsupportedError:
+        pass  # no tracefs, a kernel without the events, or not root: origins from the Python stacks only
+    try:
+        before = _kernel_fds()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            yield
+            gc.collect()
+        ours = [w for w in caught if issubclass(w.category, UnclosedWarning)]  # closed by the garbage collector
+        for w in caught:
+            if w not in ours:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        leaked = {fd: target for fd, target in _kernel_fds().items() if before.get(fd) != target}
+        if leaked or ours:
+            events = tracer.events() if tracer is not None else []
+            pytest.fail("dma-buf/sync_file leak: " + "; ".join(
+                [_describe_fd(fd, target, events) for fd, target in sorted(leaked.items())] +
+                [f"{w.message} closed only by the garbage collector"
+                 + (f" ({_origin(w.source)})" if _origin(w.source) else "") for w in ours]), pytrace=False)
+    finally:
+        if tracer is not None:
+            tracer.close()
+        if started:
+            tracemalloc.stop()
 
 
 VM_OPTIONS = (f"{OPTION}-cpus", f"{OPTION}-memory", f"{OPTION}-timeout", f"{OPTION}-append")
