@@ -48,7 +48,7 @@ _MISSED = 3 << 30  # RB_MISSED_EVENTS | RB_MISSED_STORED, in a page's commit wor
 
 class Event(NamedTuple):
     """One dma_buf trace event: CLOCK_MONOTONIC time (µs resolution), the process (pid, comm), the event's
-    name without "dma_buf_", and its fields (None where the event carries none)."""
+    name without ``dma_buf_``, and its fields (None where the event carries none)."""
 
     time_ns: int
     pid: int
