@@ -347,6 +347,19 @@ def test_status_and_streams_come_back_from_the_guest_and_nobody_reads_the_secret
 
 
 @boots_vm
+def test_a_kernel_that_lost_its_cma_heaps_fails_naming_them():
+    """LINUXDMABUF_VM_APPEND=cma=0: the full kernel boots without its CMA area; the tests that need the CMA
+    heaps it is expected to have fail, naming the feature (never a skip), and the header line says it."""
+    code, out, err = linuxdmabuf_vm("--", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                    "tests/test_kernel_features.py", "-k", "expected_feature",
+                                    env={"LINUXDMABUF_VM_APPEND": "cma=0"}, timeout=VM_LIMIT)
+    assert code == 1, out + err
+    assert "missing feature cma_heap:default_cma_region, which kernel 7.2.13 (full) is expected to have" in out
+    assert "missing feature cma_heap:reserved" in out and "2 failed" in out
+    assert "missing: cma_heap:default_cma_region: " in out  # the session's header line
+
+
+@boots_vm
 def test_command_not_found_in_the_vm():
     code, out, err = linuxdmabuf_vm("--", "no-such-command-in-the-vm", "--flag", timeout=VM_LIMIT)
     assert code == vm.EXIT_NOT_FOUND
