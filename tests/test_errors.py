@@ -68,3 +68,52 @@ def test_parse_fdinfo_of_a_named_and_an_unnamed_buffer():
         (8192, 2, "system", "cam0 plane", 42, 0o2000002, 13)
     unnamed = parse_fdinfo("pos:\t0\nflags:\t02\nmnt_id:\t13\nino:\t7\nsize:\t4096\ncount:\t1\nexp_name:\tudmabuf\n")
     assert unnamed.name == "" and unnamed.flags == 2
+
+
+def test_integer_arguments_take_any_integer_type_but_bool():
+    from linuxdmabuf._sys import check_int
+
+    class Index:  # what numpy's integers do: __index__
+        def __index__(self):
+            return 7
+
+    assert check_int(5, "n") == 5 and check_int(Index(), "n") == 7 and check_timeout(Index()) == 7.0
+    for bad in (True, 1.0, "1", None):
+        with pytest.raises(TypeError, match="n must be an int"):
+            check_int(bad, "n")
+
+
+MISSING = """
+import linuxdmabuf
+for make in (linuxdmabuf.Udmabuf, linuxdmabuf.Heap):
+    try:
+        make()
+    except OSError as e:
+        print(type(e).__name__, e.errno, e)
+"""
+
+
+def test_a_kernel_without_the_devices_is_unsupported_naming_the_option():
+    """No node and no module to load: UnsupportedError (ENOENT) naming the kernel option -- here on a host
+    without them, or as root with an empty /dev in a private mount namespace (the VM's kernels have them)."""
+    import subprocess
+    import sys
+
+    from linuxdmabuf._sys import module_available
+
+    if os.path.exists("/dev/udmabuf") or os.path.isdir("/dev/dma_heap"):
+        if os.geteuid() != 0:
+            pytest.skip("the devices exist here: hiding them needs root (a private mount namespace)")
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   'mount -t tmpfs none /dev && exec "$0" -c "$1"', sys.executable, MISSING]
+    else:
+        command = [sys.executable, "-c", MISSING]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout + done.stderr
+    if not module_available("udmabuf"):
+        assert lines[0].startswith("UnsupportedError 2 ") and "this kernel has no udmabuf (CONFIG_UDMABUF)" in lines[0]
+    else:  # a module would make it: the fix is to load it
+        assert lines[0].startswith("FileNotFoundError 2 ") and "sudo modprobe udmabuf" in lines[0]
+    assert lines[1].startswith(("UnsupportedError 2 ", "FileNotFoundError 2 ")) and "CONFIG_DMABUF_HEAPS" in lines[1] \
+        or "modprobe" in lines[1]
