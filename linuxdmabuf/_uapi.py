@@ -50,6 +50,22 @@ def _IOWR(type_: str, nr: int, ctype: str) -> int:
     return _IOC(_IOC_READ | _IOC_WRITE, type_, nr, ffi.sizeof(ctype))
 
 
+def fourcc_code(name: str) -> int:
+    """drm_fourcc.h's fourcc_code() and videodev2.h's v4l2_fourcc(): 4 ASCII characters, little-endian
+    ("XR24" is DRM_FORMAT_XRGB8888, "YUYV" V4L2_PIX_FMT_YUYV)."""
+    if not isinstance(name, str):
+        raise TypeError(f"fourcc must be a 4-character str such as 'XR24' or 'YUYV', not {type(name).__name__}")
+    if len(name) != 4 or not name.isascii():
+        raise ValueError(f"fourcc must be 4 ASCII characters such as 'XR24' or 'YUYV', not {name!r}")
+    return int.from_bytes(name.encode(), "little")
+
+
+def fourcc_name(code: int) -> str:
+    """The characters of a fourcc; bit 31 (the big-endian flag of both V4L2 and DRM) shown as "-BE"."""
+    name = (code & 0x7FFFFFFF).to_bytes(4, "little").decode("ascii", errors="replace")
+    return name + "-BE" if code & 0x80000000 else name
+
+
 # linux/dma-buf.h
 DMA_BUF_IOCTL_SYNC = _IOW("b", 0, "struct dma_buf_sync")
 DMA_BUF_SET_NAME = _IOW("b", 1, "char *")  # the header's own definition: the pointer's size

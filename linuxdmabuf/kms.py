@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from . import _uapi
 from ._sys import UnsupportedError, check_int, fd_target, ioctl, os_error, raw_ioctl
-from ._uapi import ffi
+from ._uapi import ffi, fourcc_code, fourcc_name
 from .dmabuf import DmaBuf
 from .drm import DENIED, DrmDevice, GemObject, _node_number
 from .syncfile import SyncFile
@@ -38,20 +38,6 @@ _NONBLOCK = _uapi.DRM_MODE_ATOMIC_NONBLOCK
 _MODESET = _uapi.DRM_MODE_ATOMIC_ALLOW_MODESET
 _ATOMIC = _uapi.DRM_IOCTL_MODE_ATOMIC
 _CONNECTED = 1  # enum drm_connector_status
-
-
-def fourcc_code(name: str) -> int:
-    """A DRM fourcc from its 4-character name ("XR24" is DRM_FORMAT_XRGB8888)."""
-    if not isinstance(name, str):
-        raise TypeError(f"fourcc must be a 4-character str such as 'XR24', not {type(name).__name__}")
-    raw = name.encode("ascii", errors="replace")
-    if len(name) != 4 or len(raw) != 4:
-        raise ValueError(f"fourcc must be 4 ASCII characters such as 'XR24', not {name!r}")
-    return int.from_bytes(raw, "little")
-
-
-def fourcc_name(code: int) -> str:
-    return code.to_bytes(4, "little").decode("ascii", errors="replace")
 
 
 class Mode(NamedTuple):
@@ -126,7 +112,7 @@ class Display(DrmDevice):
     DRM_IOCTL_SET_MASTER, saying so.
     """
 
-    __slots__ = ("_objects", "_props", "_mode", "_modeinfo", "_formats", "_lit", "_attached", "_pending")
+    __slots__ = ("_objects", "_props", "_mode", "_modeinfo", "_formats", "_lit", "_attached")
 
     def _validate(self, fd: int) -> None:
         super()._validate(fd)
@@ -152,12 +138,11 @@ class Display(DrmDevice):
         self._formats: dict = {}
         self._lit = False  # our CRTC state (mode, connector) committed once
         self._attached = False  # the writeback connector attached to the CRTC
-        self._pending = None
 
     _attaches = True
 
     @classmethod
-    def find(cls, driver: str | None = None, *, render: bool = False) -> "Display":
+    def find(cls, driver: str | None = None, *, render: bool = False) -> "Display":  # (a card: render is unused)
         """The first card (in node order) whose driver is `driver` (any, if None) that does modesetting and
         has a connected connector. FileNotFoundError naming the cards there are when none matches."""
         if driver is not None and not isinstance(driver, str):

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 from . import _uapi
 from ._fd import FdObject
 from ._sys import UnsupportedError, check_int, check_timeout, fd_target, ioctl, ioctl_failed, os_error, poll_fd, raw_ioctl
-from ._uapi import ffi
+from ._uapi import ffi, fourcc_code, fourcc_name
 from .dmabuf import DmaBuf
 
 __all__ = ["VideoDevice", "Format", "PlaneFormat", "Frame", "fourcc_code", "fourcc_name", "VIDEO_MAJOR"]
@@ -46,22 +46,6 @@ _QBUF = _uapi.VIDIOC_QBUF
 _DQBUF = _uapi.VIDIOC_DQBUF
 _BUFFER = ffi.typeof("struct v4l2_buffer *")
 _PLANES = ffi.typeof("struct v4l2_plane[]")
-
-
-def fourcc_code(code: str) -> int:
-    """A V4L2 fourcc from its 4-character name ("YUYV", "NV12", "NM12"...)."""
-    if not isinstance(code, str):
-        raise TypeError(f"fourcc must be a 4-character str such as 'YUYV', not {type(code).__name__}")
-    raw = code.encode("ascii", errors="replace")
-    if len(raw) != 4 or len(code) != 4:
-        raise ValueError(f"fourcc must be 4 ASCII characters such as 'YUYV' or 'NV12', not {code!r}")
-    return int.from_bytes(raw, "little")
-
-
-def fourcc_name(value: int) -> str:
-    """The 4-character name of a V4L2 fourcc (the big-endian flag, bit 31, shown as '-BE')."""
-    name = (value & 0x7FFFFFFF).to_bytes(4, "little").decode("ascii", errors="replace")
-    return name + "-BE" if value & 0x80000000 else name
 
 
 class PlaneFormat(NamedTuple):
