@@ -432,18 +432,14 @@ def dmabuf_leak_check():
     import tracemalloc
     import warnings
 
-    from linuxdmabuf import UnclosedWarning, UnsupportedError
+    from linuxdmabuf import UnclosedWarning
 
     started = not tracemalloc.is_tracing()
     if started:
         tracemalloc.start(8)
-    tracer = None
-    try:
-        from linuxdmabuf.trace import Tracer
-
-        tracer = Tracer(os.getpid(), buffer_kb=256)
-    except UnsupportedError:
-        pass  # no tracefs, a kernel without the events, or not root: origins from the Python stacks only
+    tracer = _session_tracer()
+    if tracer is not None:
+        tracer.events()  # what happened before this test is not its doing
     try:
         before = _kernel_fds()
         with warnings.catch_warnings(record=True) as caught:
@@ -462,10 +458,31 @@ def dmabuf_leak_check():
                 [f"{w.message} closed only by the garbage collector"
                  + (f" ({_origin(w.source)})" if _origin(w.source) else "") for w in ours]), pytrace=False)
     finally:
-        if tracer is not None:
-            tracer.close()
         if started:
             tracemalloc.stop()
+
+
+_tracer: list = []  # [the session's Tracer of this process, or None], made at the first leak check
+
+
+def _session_tracer():
+    """One Tracer of this process for the whole session, where the kernel traces dma-bufs and this user may:
+    enabling and disabling trace events patches the kernel's code (static keys), which is slow, so it is
+    done once, not around every test."""
+    if not _tracer:
+        from linuxdmabuf import UnsupportedError
+        from linuxdmabuf.trace import Tracer
+
+        try:
+            _tracer.append(Tracer(os.getpid(), buffer_kb=1024))
+        except UnsupportedError:  # no tracefs, a kernel without the events, or not root
+            _tracer.append(None)
+    return _tracer[0]
+
+
+def pytest_unconfigure(config):
+    if _tracer and _tracer[0] is not None:
+        _tracer.pop().close()
 
 
 VM_OPTIONS = (f"{OPTION}-cpus", f"{OPTION}-memory", f"{OPTION}-timeout", f"{OPTION}-append")
