@@ -258,15 +258,25 @@ def test_dmabuf_leak_check_fails_exactly_the_leaking_tests(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=8, errors=4)
     out = result.stdout.str()
+    lines = {text.strip(): i + 1 for i, text in enumerate(LEAKS.splitlines())}  # each leak names its line
+    made = {what: lines[code] for what, code in (
+        ("dmabuf", "kept.append(dma_heap.allocate(4096))"), ("syncfile", "kept.append(buf.export_sync_file())"),
+        ("gc", "dma_heap.allocate(4096)"), ("gem", "vgem.prime_import(buf)  # a GemObject nobody closes"),
+        ("vgem", "Vgem()  # a DrmDevice nobody closes"))}
     result.stdout.fnmatch_lines([
-        "*ERROR at teardown of test_leaks_a_dma_buf*", "dma-buf/sync_file leak: fd * (/dmabuf:*) left open",
+        "*ERROR at teardown of test_leaks_a_dma_buf*",
+        f"dma-buf/sync_file leak: fd *: dma-buf inode *, exporter system, 4096 bytes, "
+        f"made at test_plugin_gen_leaks.py:{made['dmabuf']}, left open",
         "*ERROR at teardown of test_leaks_a_sync_file*",
-        "dma-buf/sync_file leak: fd * (anon_inode:sync_file) left open",
+        f"dma-buf/sync_file leak: fd * (anon_inode:sync_file), made at test_plugin_gen_leaks.py:{made['syncfile']}, "
+        "left open",
         "*ERROR at teardown of test_leaves_closing_to_the_garbage_collector*",
-        "dma-buf/sync_file leak: unclosed DmaBuf fd=* closed only by the garbage collector",
+        f"dma-buf/sync_file leak: unclosed DmaBuf fd=* closed only by the garbage collector "
+        f"(made at test_plugin_gen_leaks.py:{made['gc']})",
         "*ERROR at teardown of test_leaves_a_gem_handle_and_a_drm_file_to_the_garbage_collector*",
-        "dma-buf/sync_file leak: unclosed GEM handle * on /dev/dri/card* closed only by the garbage collector, "
-        "unclosed Vgem fd=* closed only by the garbage collector",
+        f"dma-buf/sync_file leak: unclosed GEM handle * on /dev/dri/card* closed only by the garbage collector "
+        f"(made at test_plugin_gen_leaks.py:{made['gem']}); unclosed Vgem fd=* closed only by the garbage collector "
+        f"(made at test_plugin_gen_leaks.py:{made['vgem']})",
     ])
     assert "a warning of the test itself" in out
     for name in ("test_clean", "test_buffer_of_a_fixture", "test_other_warnings"):

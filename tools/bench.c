@@ -163,8 +163,10 @@ static void kms_commits(long n, int fd, __u32 crtc, __u32 out_prop, int count, c
 		if (ioctl(fd, DRM_IOCTL_MODE_ATOMIC, &atomic) < 0)
 			die("DRM_IOCTL_MODE_ATOMIC");
 		committing += now_ns() - t;
-		if (wait_fd(fence, POLLIN, -1) != 1)
-			die("poll");
+		if (wait_fd(fence, POLLIN, 20000) != 1) {
+			fprintf(stderr, "the out-fence did not signal within 20 s\n");
+			exit(1);
+		}
 		close(fence);
 	}
 	printf("%.1f %.1f\n", (double)committing / n, (double)(now_ns() - start) / n);
