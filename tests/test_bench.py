@@ -17,9 +17,14 @@ def test_bench_runs_every_operation_three_ways():
     report = json.loads(done.stdout)
     assert report["accel"] in ("kvm", "tcg") and report["rounds"] == 1
     ops = {"sync_pair", "cpu_access", "heap_alloc_4k", "heap_alloc_1m", "udmabuf_64k", "export_info_wait", "merge",
-           "wait_idle", "fill_memcpy", "fill_memset"}
+           "wait_idle", "fill_memcpy", "fill_memset", "v4l2_pair", "kms_show_commit", "kms_show_frame",
+           "kms_capture_commit", "kms_capture_frame"}
     assert set(report["results"]) == ops
     for op, times in report["results"].items():
         for way in ("c", "handrolled", "linuxdmabuf"):
             assert len(times[way]) == 1 and times[way][0] > 0, (op, way)
     assert report["import"]["import linuxdmabuf"]["median"] > 0
+    tracing = report["tracing"]
+    assert tracing["untraced"] and tracing["traced"] and tracing["events_per_s"][0] > 0
+    assert tracing["read"] + tracing["dropped"] >= tracing["burst"]
+    assert set(report["native"]) and all(ns > 0 for ns in report["native"].values())
