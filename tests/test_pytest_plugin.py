@@ -254,11 +254,12 @@ def test_zz_close_what_was_kept():
 @pytest.mark.requires_dma_heap(name="system")
 @pytest.mark.requires("drm:vgem")
 def test_dmabuf_leak_check_fails_exactly_the_leaking_tests(pytester):
-    pytester.makepyfile(test_plugin_gen_leaks=LEAKS)
+    written = pytester.makepyfile(test_plugin_gen_leaks=LEAKS)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=8, errors=4)
     out = result.stdout.str()
-    lines = {text.strip(): i + 1 for i, text in enumerate(LEAKS.splitlines())}  # each leak names its line
+    # each leak names its line in the file as written (pytester strips the leading blank line)
+    lines = {text.strip(): i + 1 for i, text in enumerate(written.read_text().splitlines())}
     made = {what: lines[code] for what, code in (
         ("dmabuf", "kept.append(dma_heap.allocate(4096))"), ("syncfile", "kept.append(buf.export_sync_file())"),
         ("gc", "dma_heap.allocate(4096)"), ("gem", "vgem.prime_import(buf)  # a GemObject nobody closes"),
