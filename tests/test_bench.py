@@ -1,9 +1,9 @@
 """tools/bench, as BENCHMARKS.md says to run it: one quick round in a VM (host-side, boots one VM)."""
 import json
 import os
-import subprocess
 import sys
 
+from helpers import run_group
 from test_vm_runner import TOP, VM_LIMIT, boots_vm
 
 BENCH = os.path.join(TOP, "tools", "bench")
@@ -11,8 +11,7 @@ BENCH = os.path.join(TOP, "tools", "bench")
 
 @boots_vm
 def test_bench_runs_every_operation_three_ways():
-    done = subprocess.run([sys.executable, BENCH, "--quick", "--json"], capture_output=True, text=True, cwd=TOP,
-                          timeout=VM_LIMIT)
+    done = run_group([sys.executable, BENCH, "--quick", "--json"], cwd=TOP, timeout=VM_LIMIT)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
     assert report["accel"] in ("kvm", "tcg") and report["rounds"] == 1

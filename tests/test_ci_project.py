@@ -6,10 +6,10 @@ header names the guest kernel, and the counts are the inner session's.
 """
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
+from helpers import run_group
 
 from linuxdmabuf.vm import kernels
 
@@ -33,8 +33,7 @@ def cannot_boot():
 @pytest.mark.skipif(bool(os.environ.get("LINUXDMABUF_IN_VM")), reason="host-side (boots a VM)")
 @pytest.mark.skipif(bool(cannot_boot()), reason=f"cannot boot a VM here: {cannot_boot()}")
 def test_ci_project_passes_in_the_vm_as_a_user_runs_it():
-    done = subprocess.run([sys.executable, "-m", "pytest", "--linuxdmabuf-vm"], cwd=PROJECT, capture_output=True,
-                          text=True, timeout=CI_LIMIT)
+    done = run_group([sys.executable, "-m", "pytest", "--linuxdmabuf-vm"], cwd=PROJECT, timeout=CI_LIMIT)
     out, err = done.stdout, done.stderr
     assert done.returncode == 0, out + err
     full = kernels.resolve("full", fetch=False)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import run_group
 
 from linuxdmabuf import vm
 from linuxdmabuf.vm import kernels
@@ -26,8 +27,8 @@ in_vm = pytest.mark.skipif(bool(os.environ.get("LINUXDMABUF_IN_VM")), reason="ho
 
 def linuxdmabuf_vm(*args, env=None, timeout=60):
     """`python -m linuxdmabuf vm ARGS` as a user runs it: (exit status, stdout, stderr)."""
-    done = subprocess.run([sys.executable, "-m", "linuxdmabuf", "vm", *args], capture_output=True, text=True,
-                          cwd=TOP, timeout=timeout, env=dict(os.environ, **(env or {})))
+    done = run_group([sys.executable, "-m", "linuxdmabuf", "vm", *args], cwd=TOP, timeout=timeout,
+                     env=dict(os.environ, **(env or {})))
     return done.returncode, done.stdout, done.stderr
 
 
@@ -321,7 +322,7 @@ def test_status_and_streams_come_back_from_the_guest_and_nobody_reads_the_secret
     proc = subprocess.Popen([sys.executable, "-m", "linuxdmabuf", "vm", "--", "sh", "-c",
                              'sleep 2; echo "out $LINUXDMABUF_IN_VM $LINUXDMABUF_VM_KERNEL $RUNNER_TOKEN"; '
                              "echo err >&2; exit 3"], cwd=TOP, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, RUNNER_TOKEN="s3cret"))
+                            text=True, env=dict(os.environ, RUNNER_TOKEN="s3cret"), start_new_session=True)
     try:
         import pwd
 
@@ -339,7 +340,7 @@ def test_status_and_streams_come_back_from_the_guest_and_nobody_reads_the_secret
         out, err = proc.communicate(timeout=VM_LIMIT)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
     assert proc.returncode == 3, err
     assert out == "out 1 full s3cret\n"
@@ -427,6 +428,7 @@ def test_terminating_the_runner_stops_the_vm(sig, status, message):
     """What a CI system does to a cancelled job: the VM (vng, QEMU) must not outlive the runner."""
     runner = subprocess.Popen([sys.executable, "-m", "linuxdmabuf", "vm", "--", "sh", "-c", "echo up; sleep 600"],
                               cwd=TOP, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    vng = None
     try:
         assert runner.stdout.readline() == "up\n"  # the command runs in the guest
         [vng] = children(runner.pid)
@@ -439,3 +441,5 @@ def test_terminating_the_runner_stops_the_vm(sig, status, message):
         if runner.poll() is None:
             runner.kill()
             runner.wait()
+        if vng and group(vng):  # the runner failed to stop its VM: the test fails, but no VM outlives it
+            os.killpg(vng, signal.SIGKILL)
