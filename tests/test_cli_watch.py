@@ -16,7 +16,7 @@ import time
 import pytest
 
 from linuxdmabuf.cli import watch
-from linuxdmabuf.pytest_plugin import need
+from linuxdmabuf.pytest_plugin import has, need
 
 UEVENT = "/sys/class/misc/udmabuf/uevent"
 
@@ -40,7 +40,20 @@ def test_buffers_record_says_what_changed():
     assert text == "buffers: system 2 8 KiB, udmabuf 1 (+1) 1 MiB (+1 MiB), total 3 (+1) 1.0 MiB (+1 MiB)"
     record, text = watch.buffers_record({"total": {"buffers": 0, "bytes": 0}}, now)
     assert record["exporters"]["udmabuf"]["delta_bytes"] == -(1 << 20)
-    assert "udmabuf 0 (-1) 0 B (-1 MiB)" in text
+    assert "udmabuf 0 (-1) 0 B (-1 MiB)" in text and "made" not in record
+
+
+def test_buffers_record_sums_the_trace_exports_per_process_and_exporter():
+    from linuxdmabuf.trace import Event
+
+    made = [Event(1, 42, "cam", "export", 7, "udmabuf", 1 << 20), Event(2, 42, "cam", "export", 8, "udmabuf", 1 << 20),
+            Event(3, 9, "gst", "export", 9, "system", 4096)]
+    now = {"udmabuf": {"buffers": 2, "bytes": 2 << 20}, "total": {"buffers": 2, "bytes": 2 << 20}}
+    record, text = watch.buffers_record(now, None, made)
+    assert record["made"] == [{"pid": 42, "comm": "cam", "exporter": "udmabuf", "buffers": 2, "bytes": 2 << 20},
+                              {"pid": 9, "comm": "gst", "exporter": "system", "buffers": 1, "bytes": 4096}]
+    assert text.endswith("; made since: cam[42] 2 udmabuf 2 MiB, gst[9] 1 system 4 KiB")
+    assert watch.buffers_record(now, now, [])[0]["made"] == []
 
 
 @pytest.mark.parametrize("args", [["--interval", "0"], ["--count", "0"], ["--timeout", "-1"], ["--source", "x"]])
@@ -197,6 +210,44 @@ def test_watch_buffers_reports_what_changed(udmabuf):
         w.close()
 
 
+@pytest.mark.kernel
+def test_watch_buffers_names_who_made_them_from_the_trace(udmabuf):
+    """With the dma_buf trace events, a new buffer shows within a tick of its export (the scan interval here
+    is 60 s: only the trace can bring the line sooner), naming the process, exporter and size."""
+    if os.geteuid() != 0:
+        pytest.skip("tracefs is root's")
+    need("trace:dma_buf")
+    with open("/proc/self/comm") as f:
+        comm = f.read().strip()
+    w = Watch("--buffers", "--interval", "60")
+    try:
+        assert w.start["buffers_from"] == "trace", w.start
+        first = w.next()
+        assert first["event"] == "buffers" and first["made"] == []
+        with udmabuf.allocate(64 * 1024):
+            grown = w.until(lambda r: r["event"] == "buffers" and r["total"]["delta_buffers"] > 0, timeout=30)
+        assert {"pid": os.getpid(), "comm": comm, "exporter": "udmabuf", "buffers": 1, "bytes": 64 * 1024} \
+            in grown["made"], grown
+        assert grown["exporters"]["udmabuf"]["delta_buffers"] == 1
+        w.proc.send_signal(signal.SIGTERM)
+        status, lines, err = w.finish()
+        assert status == 0 and lines[-1]["event"] == "stop", err
+    finally:
+        w.close()
+
+
+@pytest.mark.kernel
+def test_watch_buffers_without_the_trace_events_scans_and_says_why():
+    if os.geteuid() != 0:
+        pytest.skip("as root (unprivileged: test_watch_runs_unprivileged)")
+    if has("trace:dma_buf"):
+        pytest.skip(f"kernel {os.uname().release} has the dma_buf trace events (the reverse case runs on 6.12)")
+    run = _watch_run("--json", "--buffers", "--timeout", "0.5")
+    assert run.returncode == 0, run.stderr
+    start = json.loads(run.stdout.splitlines()[0])
+    assert start["buffers_from"] == "scan" and "they came in Linux 7.0" in start["no_trace"], start
+
+
 @pytest.mark.unprivileged
 def test_watch_runs_unprivileged():
     if os.geteuid() == 0:
@@ -205,3 +256,5 @@ def test_watch_runs_unprivileged():
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert [r["event"] for r in lines][:2] == ["start", "buffers"] and lines[-1]["event"] == "stop"
+    assert lines[0]["buffers_from"] == "scan" and "as root" in lines[0]["no_trace"], lines[0]
+    assert "made" not in lines[1]  # no trace, so no word on who made them

@@ -6,7 +6,12 @@ one line per add, remove or change of a dma-heap (/dev/dma_heap/*) or of
 udevd runs, the events are udev's (after its rules have set the node's owner
 and mode, which the line shows); elsewhere the kernel's own. With --buffers,
 also the dma-buf totals per exporter (as `dump` counts them) at the start
-and whenever they change, checked every --interval seconds.
+and whenever they change, checked every --interval seconds. Where the kernel
+has the dma_buf trace events (7.0 and later, as root), --buffers also follows
+them (:class:`linuxdmabuf.trace.Tracer`): a new buffer is counted within
+TICK seconds of its export, and the line names the processes that made
+buffers since the previous line. A release is no event: fewer buffers show
+at the next check.
 
 Stops cleanly on SIGINT or SIGTERM, after --count device events, or after
 --timeout seconds.
@@ -24,6 +29,7 @@ import time
 from ._tools import group_name, human, plural, stdout_closed_ok, user_name
 
 UDEV_CONTROL = "/run/udev/control"  # udevd's control socket: present while udevd runs
+TICK = 0.25  # seconds between reads of the trace events with --buffers
 
 
 class _Stop(Exception):
@@ -97,8 +103,9 @@ def buffer_totals() -> dict:
     return {**doc["exporters"], "total": {"buffers": doc["totals"]["buffers"], "bytes": doc["totals"]["bytes"]}}
 
 
-def buffers_record(now: dict, before: dict | None) -> tuple:
-    """(JSON record, text line) for the buffer totals `now`, with the change since `before`."""
+def buffers_record(now: dict, before: dict | None, made: list | None = None) -> tuple:
+    """(JSON record, text line) for the buffer totals `now`, with the change since `before`, and with the
+    trace's export events since that line (`made`, None without a tracer) summed per process and exporter."""
     before = before or {}
     exporters: dict = {}
     record: dict = {"event": "buffers", "exporters": exporters}
@@ -116,7 +123,19 @@ def buffers_record(now: dict, before: dict | None) -> tuple:
             text += f" ({'+' if delta_bytes > 0 else '-'}{human(abs(delta_bytes))})"
         parts.append(text)
     record["total"] = record["exporters"].pop("total")
-    return record, "buffers: " + ", ".join(parts)
+    text = "buffers: " + ", ".join(parts)
+    if made is not None:
+        makers: dict = {}
+        for e in made:
+            row = makers.setdefault((e.pid, e.comm, e.exp_name), {"pid": e.pid, "comm": e.comm,
+                                                                   "exporter": e.exp_name, "buffers": 0, "bytes": 0})
+            row["buffers"] += 1
+            row["bytes"] += e.size
+        record["made"] = list(makers.values())
+        if makers:
+            text += "; made since: " + ", ".join(f"{m['comm']}[{m['pid']}] {m['buffers']} {m['exporter']} "
+                                             f"{human(m['bytes'])}" for m in record["made"])
+    return record, text
 
 
 def main(argv=None) -> int:
@@ -174,23 +193,45 @@ def _watch(monitor, source: str, args, printer: Printer) -> int:
     totals = None
     next_check = start
     reason = "timeout"
+    tracer, made, next_read = None, [], start
     try:
         note = "" if source == "udev" else " (udevd is not running: the kernel's events, before any udev rule)"
         present = present_devices()
-        printer.emit({"event": "start", "source": source, "present": present},
-                     f"watching dma-heap and udmabuf device events from {source}{note}; present: "
-                     f"{', '.join(present) or 'none'}")
+        record: dict = {"event": "start", "source": source, "present": present}
+        text = (f"watching dma-heap and udmabuf device events from {source}{note}; present: "
+                f"{', '.join(present) or 'none'}")
+        if args.buffers:
+            from linuxdmabuf import UnsupportedError
+            from linuxdmabuf.trace import Tracer
+
+            try:
+                tracer = Tracer()
+                record["buffers_from"], how = "trace", "the dma_buf trace events and a scan every"
+            except UnsupportedError as e:
+                record["buffers_from"], record["no_trace"] = "scan", e.strerror
+                how = f"a scan (no trace: {e.strerror}) every"
+            text += f"; buffers from {how} {args.interval:g} s"
+        printer.emit(record, text)
         while True:
             now = time.monotonic()
             if end is not None and now >= end:
                 break
+            if tracer is not None and now >= next_read:
+                new = tracer.events()
+                if new:  # count the new buffers now (their fds are visible after dma_buf_fd), not at the interval
+                    made += [e for e in new if e.kind == "export"]
+                    next_check = now
+                next_read = now + TICK
             if args.buffers and now >= next_check:
                 current = buffer_totals()
+                if tracer is not None:  # the exports of buffers the scan may have counted
+                    made += [e for e in tracer.events() if e.kind == "export"]
                 if current != totals:
-                    printer.emit(*buffers_record(current, totals))
-                    totals = current
+                    printer.emit(*buffers_record(current, totals, made if tracer is not None else None))
+                    totals, made = current, []
                 next_check = time.monotonic() + args.interval
-            deadlines = ([end] if end is not None else []) + ([next_check] if args.buffers else [])
+            deadlines = (([end] if end is not None else []) + ([next_check] if args.buffers else [])
+                         + ([next_read] if tracer is not None else []))
             wait_ms = None if not deadlines else max(0, math.ceil((min(deadlines) - time.monotonic()) * 1000))
             if poller.poll(wait_ms):
                 while True:
@@ -208,6 +249,8 @@ def _watch(monitor, source: str, args, printer: Printer) -> int:
         reason = str(e)
         return 0
     finally:
+        if tracer is not None:
+            tracer.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         printer.emit({"event": "stop", "reason": reason, "device_events": events},
