@@ -413,6 +413,14 @@ class Display(DrmDevice):
         WRITEBACK_OUT_FENCE_PTR fence: signaled when the frame is in memory.
         The first capture() attaches the writeback connector to the CRTC (a
         modeset). UnsupportedError on a card without a writeback connector.
+
+        vkms (up to at least 7.2) turns its composer on at each writeback
+        commit and off when a finished job is cleaned up, by a worker after
+        the fence has signaled: a capture committed before that clean-up loses
+        the composer, and from then on each job completes only when the next
+        is committed. Back-to-back captures on vkms should leave a frame
+        (tens of ms under emulation) between a fence signaling and the next
+        capture.
         """
         if not isinstance(into, Framebuffer):
             raise TypeError(f"expected a Framebuffer (from framebuffer()), not {type(into).__name__}")

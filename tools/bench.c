@@ -2,11 +2,12 @@
  * operation, timed in a loop. Compiled on the spot by tools/bench (cc -O2).
  *
  *   bench OP ITERATIONS     prints the mean nanoseconds per operation
- *   bench kms_commit ITERATIONS FD FENCE_OBJ FENCE_PROP OBJ:PROP:VALUE...
+ *   bench kms_commit ITERATIONS FD FENCE_OBJ FENCE_PROP PACE_US OBJ:PROP:VALUE...
  *                           non-blocking atomic commits of those properties plus the
  *                           out-fence pointer (FENCE_PROP of object FENCE_OBJ: the CRTC's
  *                           or the writeback connector's) on the display fd FD (inherited), each
- *                           waited for; prints "commit_ns frame_ns" per commit
+ *                           waited for, then PACE_US microseconds of sleep (not timed);
+ *                           prints "commit_ns frame_ns" per commit
  *   bench v4l2_pair ITERATIONS FD BUFFERS
  *                           VIDIOC_DQBUF + VIDIOC_QBUF pairs on the streaming video
  *                           capture queue of fd FD (inherited from tools/bench), BUFFERS
@@ -132,7 +133,7 @@ static double v4l2_pairs(int fd, long n, int buffers)
 }
 
 /* N commits of the given (object, property, value) triples and an out-fence pointer; each waited for. */
-static void kms_commits(long n, int fd, __u32 crtc, __u32 out_prop, int count, char **triples)
+static void kms_commits(long n, int fd, __u32 crtc, __u32 out_prop, long pace_us, int count, char **triples)
 {
 	__u32 objs[16], counts[16], props[32];
 	__u64 values[32];
@@ -157,7 +158,7 @@ static void kms_commits(long n, int fd, __u32 crtc, __u32 out_prop, int count, c
 		.count_props_ptr = (__u64)(unsigned long)counts, .props_ptr = (__u64)(unsigned long)props,
 		.prop_values_ptr = (__u64)(unsigned long)values,
 	};
-	long long committing = 0, start = now_ns();
+	long long committing = 0, framing = 0;
 	for (long i = 0; i < n; i++) {
 		long long t = now_ns();
 		if (ioctl(fd, DRM_IOCTL_MODE_ATOMIC, &atomic) < 0)
@@ -167,15 +168,18 @@ static void kms_commits(long n, int fd, __u32 crtc, __u32 out_prop, int count, c
 			fprintf(stderr, "the out-fence did not signal within 20 s\n");
 			exit(1);
 		}
+		framing += now_ns() - t;
 		close(fence);
+		if (pace_us)
+			usleep(pace_us);
 	}
-	printf("%.1f %.1f\n", (double)committing / n, (double)(now_ns() - start) / n);
+	printf("%.1f %.1f\n", (double)committing / n, (double)framing / n);
 }
 
 int main(int argc, char **argv)
 {
-	if (argc >= 6 && !strcmp(argv[1], "kms_commit")) {
-		kms_commits(atol(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argc - 6, argv + 6);
+	if (argc >= 7 && !strcmp(argv[1], "kms_commit")) {
+		kms_commits(atol(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atol(argv[6]), argc - 7, argv + 7);
 		return 0;
 	}
 	if (argc == 5 && !strcmp(argv[1], "v4l2_pair")) {
