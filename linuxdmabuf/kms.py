@@ -57,6 +57,46 @@ def _array(ctype: str, count: int):
     return array, int(ffi.cast("uintptr_t", array))
 
 
+class _Atomic:
+    """One DRM_IOCTL_MODE_ATOMIC argument, built once and committed as often as wanted: the (object id,
+    property id, value) triples grouped per object, the out-fence pointer aimed at an int32 of its own, and
+    the slot of an IN_FENCE_FD value, if any, filled per commit."""
+
+    __slots__ = ("arg", "out", "values", "in_slot", "what", "_keep")
+
+    def __init__(self, props: list, out: tuple, flags: int, what: str, in_fence: tuple | None = None):
+        self.out = ffi.new("int32_t *", -1)
+        props = [*props, (*out, int(ffi.cast("uintptr_t", self.out)))]
+        if in_fence is not None:
+            props.append((*in_fence, -1))
+        objs: dict = {}
+        for obj, prop, value in props:
+            objs.setdefault(obj, []).append((prop, value))
+        ids, ids_ptr = _array("__u32", len(objs))
+        counts, counts_ptr = _array("__u32", len(objs))
+        flat = [(obj, prop, value) for obj, pvs in objs.items() for prop, value in pvs]
+        prop_ids, prop_ptr = _array("__u32", len(flat))
+        self.values, values_ptr = _array("__u64", len(flat))
+        for i, (obj, pvs) in enumerate(objs.items()):
+            ids[i], counts[i] = obj, len(pvs)
+        for i, (_, prop, value) in enumerate(flat):
+            prop_ids[i], self.values[i] = prop, value & 0xFFFFFFFFFFFFFFFF
+        self.in_slot = None if in_fence is None else flat.index((*in_fence, -1))
+        self.arg = ffi.new("struct drm_mode_atomic *", {"flags": flags, "count_objs": len(objs),
+                                                         "objs_ptr": ids_ptr, "count_props_ptr": counts_ptr,
+                                                         "props_ptr": prop_ptr, "prop_values_ptr": values_ptr})
+        self.what = what
+        self._keep = (ids, counts, prop_ids)
+
+    def commit(self, fd: int, in_fence_fd: int = -1) -> int:
+        """Commits; the out-fence fd the kernel made (O_CLOEXEC), for the caller to own at once."""
+        self.out[0] = -1
+        if self.in_slot is not None:
+            self.values[self.in_slot] = in_fence_fd
+        ioctl(fd, _ATOMIC, self.arg, self.what, _COMMIT_FIXES)
+        return self.out[0]
+
+
 def _is_kms(fd: int) -> bool:
     """DRM_IOCTL_MODE_GETRESOURCES works: the driver does modesetting (vgem answers EOPNOTSUPP)."""
     return raw_ioctl(fd, _uapi.DRM_IOCTL_MODE_GETRESOURCES, ffi.new("struct drm_mode_card_res *")) >= 0
@@ -112,7 +152,7 @@ class Display(DrmDevice):
     DRM_IOCTL_SET_MASTER, saying so.
     """
 
-    __slots__ = ("_objects", "_props", "_mode", "_modeinfo", "_formats", "_lit", "_attached")
+    __slots__ = ("_objects", "_props", "_mode", "_modeinfo", "_formats", "_lit", "_attached", "_commits")
 
     def _validate(self, fd: int) -> None:
         super()._validate(fd)
@@ -138,6 +178,7 @@ class Display(DrmDevice):
         self._formats: dict = {}
         self._lit = False  # our CRTC state (mode, connector) committed once
         self._attached = False  # the writeback connector attached to the CRTC
+        self._commits: dict = {}  # (kind, framebuffers, ...) -> _Atomic: a frame's commit is built once
 
     _attaches = True
 
@@ -314,24 +355,15 @@ class Display(DrmDevice):
 
     # -- commits -----------------------------------------------------------------------------------
 
-    def _commit(self, props: list, flags: int, what: str) -> None:
-        """One DRM_IOCTL_MODE_ATOMIC of (object id, property id, value) triples."""
-        objs: dict = {}
-        for obj, prop, value in props:
-            objs.setdefault(obj, []).append((prop, value))
-        ids, ids_ptr = _array("__u32", len(objs))
-        counts, counts_ptr = _array("__u32", len(objs))
-        flat = [pv for pvs in objs.values() for pv in pvs]
-        prop_ids, prop_ptr = _array("__u32", len(flat))
-        values, values_ptr = _array("__u64", len(flat))
-        for i, (obj, pvs) in enumerate(objs.items()):
-            ids[i], counts[i] = obj, len(pvs)
-        for i, (prop, value) in enumerate(flat):
-            prop_ids[i], values[i] = prop, value
-        arg = ffi.new("struct drm_mode_atomic *", {"flags": flags, "count_objs": len(objs), "objs_ptr": ids_ptr,
-                                                    "count_props_ptr": counts_ptr, "props_ptr": prop_ptr,
-                                                    "prop_values_ptr": values_ptr})
-        ioctl(self.fileno(), _ATOMIC, arg, what, _COMMIT_FIXES)
+    def _prepared(self, key: tuple, build) -> _Atomic:
+        """The commit for `key`, built by build() the first time (kept for the next 16 kinds of commit)."""
+        atomic = self._commits.get(key)
+        if atomic is None:
+            atomic = build()
+            if len(self._commits) >= 16:
+                self._commits.clear()
+            self._commits[key] = atomic
+        return atomic
 
     def show(self, fb: Framebuffer, *, in_fence: SyncFile | None = None, cursor: Framebuffer | None = None,
              cursor_position: tuple = (0, 0)) -> SyncFile:
@@ -360,38 +392,48 @@ class Display(DrmDevice):
             if not isinstance(in_fence, SyncFile):
                 raise TypeError(f"in_fence must be a SyncFile, not {type(in_fence).__name__}")
             fence_fd = in_fence.fileno()
+        if not self._lit:  # the first show() sets the mode too: a commit made once
+            blob = self._mode_blob()
+            try:
+                fence = SyncFile._wrap(self._show_commit(fb, cursor, cursor_position, fence_fd >= 0, blob).commit(
+                    self.fileno(), fence_fd))
+            finally:
+                self._destroy_blob(blob)
+            self._lit = True
+            return fence
+        # what the commit depends on: built once per kind of frame (a framebuffer id the kernel reuses after
+        # RMFB gives the same commit, so nothing here holds a Framebuffer alive)
+        key = ("show", fb.fb_id, fb.width, fb.height, fb.fourcc, None if cursor is None else (
+               cursor.fb_id, cursor.width, cursor.height, cursor.fourcc), tuple(cursor_position), fence_fd >= 0)
+        atomic = self._prepared(key, lambda: self._show_commit(fb, cursor, cursor_position, fence_fd >= 0, 0))
+        return SyncFile._wrap(atomic.commit(self.fileno(), fence_fd))  # the kernel made it for us, O_CLOEXEC
+
+    def _show_commit(self, fb: Framebuffer, cursor: Framebuffer | None, position, in_fence: bool,
+                     blob: int) -> _Atomic:
+        """show()'s commit: `fb` on the primary plane, `cursor` (or nothing) on the cursor plane, the CRTC's
+        out-fence, a slot for IN_FENCE_FD if `in_fence`; and with a mode `blob`, the modeset."""
         if fb.fourcc not in self.formats():
             raise ValueError(f"the primary plane of {self.driver} does not take {fb.fourcc}; it takes "
                              f"{', '.join(self.formats())}")
         o = self._objects
         crtc = o.crtc
-        out = ffi.new("int32_t *", -1)
-        props = self._plane_props(o.primary, fb, (0, 0)) + [
-            (crtc, self._prop(crtc, _uapi.DRM_MODE_OBJECT_CRTC, "OUT_FENCE_PTR"), int(ffi.cast("uintptr_t", out)))]
-        if fence_fd >= 0:
-            props.append((o.primary, self._prop(o.primary, _uapi.DRM_MODE_OBJECT_PLANE, "IN_FENCE_FD"), fence_fd))
+        props = self._plane_props(o.primary, fb, (0, 0))
         if cursor is not None or o.cursor:
             if cursor is not None and not o.cursor:
                 raise UnsupportedError(errno.ENODEV, f"{self._path} ({self.driver}) has no cursor plane")
             if cursor is not None and cursor.fourcc not in self.formats("cursor"):
                 raise ValueError(f"the cursor plane of {self.driver} does not take {cursor.fourcc}; it takes "
                                  f"{', '.join(self.formats('cursor'))}")
-            props += self._plane_props(o.cursor, cursor, cursor_position)
+            props += self._plane_props(o.cursor, cursor, position)
         flags = _NONBLOCK
-        blob = None
-        if not self._lit:
-            blob = self._mode_blob()
+        if blob:
             props += [(crtc, self._prop(crtc, _uapi.DRM_MODE_OBJECT_CRTC, "ACTIVE"), 1),
                       (crtc, self._prop(crtc, _uapi.DRM_MODE_OBJECT_CRTC, "MODE_ID"), blob),
                       (o.connector, self._prop(o.connector, _uapi.DRM_MODE_OBJECT_CONNECTOR, "CRTC_ID"), crtc)]
             flags |= _MODESET
-        try:
-            self._commit(props, flags, f"DRM_IOCTL_MODE_ATOMIC (show framebuffer {fb.fb_id})")
-        finally:
-            if blob is not None:
-                self._destroy_blob(blob)
-        self._lit = True
-        return SyncFile._wrap(out[0])  # the kernel made it for us, O_CLOEXEC
+        in_slot = (o.primary, self._prop(o.primary, _uapi.DRM_MODE_OBJECT_PLANE, "IN_FENCE_FD")) if in_fence else None
+        return _Atomic(props, (crtc, self._prop(crtc, _uapi.DRM_MODE_OBJECT_CRTC, "OUT_FENCE_PTR")), flags,
+                       f"DRM_IOCTL_MODE_ATOMIC (show framebuffer {fb.fb_id})", in_slot)
 
     def _plane_props(self, plane: int, fb: Framebuffer | None, position: tuple) -> list:
         """The properties putting `fb` unscaled at `position` on `plane`, or turning the plane off (None)."""
@@ -426,6 +468,20 @@ class Display(DrmDevice):
             raise TypeError(f"expected a Framebuffer (from framebuffer()), not {type(into).__name__}")
         if into.display is not self or into.closed:
             raise ValueError("that framebuffer is closed, or belongs to another Display")
+        if self._attached:  # built once per framebuffer (by the values it depends on: see show())
+            atomic = self._prepared(("capture", into.fb_id, into.width, into.height, into.fourcc),
+                                    lambda: self._capture_commit(into, False))
+        else:  # the first capture() attaches the writeback connector: a commit made once
+            atomic = self._capture_commit(into, True)
+        if not self._lit:
+            raise ValueError("nothing is shown yet: show() a framebuffer first")
+        fence = SyncFile._wrap(atomic.commit(self.fileno()))  # the kernel made it for us, O_CLOEXEC
+        self._attached = True
+        return fence
+
+    def _capture_commit(self, into: Framebuffer, attach: bool) -> _Atomic:
+        """capture()'s commit: `into` as the writeback framebuffer, its out-fence; attaching the connector to
+        the CRTC (a modeset) if `attach`."""
         o = self._objects
         if not o.writeback:
             raise UnsupportedError(errno.ENODEV, f"{self._path} ({self.driver}) has no writeback connector "
@@ -436,20 +492,11 @@ class Display(DrmDevice):
         if into.fourcc not in self.formats("writeback"):
             raise ValueError(f"the writeback connector of {self.driver} does not write {into.fourcc}; it writes "
                              f"{', '.join(self.formats('writeback'))}")
-        if not self._lit:
-            raise ValueError("nothing is shown yet: show() a framebuffer first")
         wb = o.writeback
         cp = lambda name: self._prop(wb, _uapi.DRM_MODE_OBJECT_CONNECTOR, name)  # noqa: E731
-        out = ffi.new("int32_t *", -1)
-        props = [(wb, cp("WRITEBACK_FB_ID"), into.fb_id), (wb, cp("WRITEBACK_OUT_FENCE_PTR"),
-                                                          int(ffi.cast("uintptr_t", out)))]
-        flags = _NONBLOCK
-        if not self._attached:
-            props.append((wb, cp("CRTC_ID"), o.crtc))
-            flags |= _MODESET
-        self._commit(props, flags, f"DRM_IOCTL_MODE_ATOMIC (capture into framebuffer {into.fb_id})")
-        self._attached = True
-        return SyncFile._wrap(out[0])
+        props = [(wb, cp("WRITEBACK_FB_ID"), into.fb_id)] + ([(wb, cp("CRTC_ID"), o.crtc)] if attach else [])
+        return _Atomic(props, (wb, cp("WRITEBACK_OUT_FENCE_PTR")), _NONBLOCK | (_MODESET if attach else 0),
+                       f"DRM_IOCTL_MODE_ATOMIC (capture into framebuffer {into.fb_id})")
 
     def _mode_blob(self) -> int:
         arg = ffi.new("struct drm_mode_create_blob *", {"data": int(ffi.cast("uintptr_t", self._modeinfo)),

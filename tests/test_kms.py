@@ -183,6 +183,35 @@ def test_cursor_plane_composited_over_the_primary(display, make):
     assert np.array_equal(got, expected)
     got = shown(display, fb, cap_buf, cap_fb)  # cursor off again
     assert np.array_equal(got[50:114, 100:164, :3], primary[50:114, 100:164, :3])
+    got = shown(display, fb, cap_buf, cap_fb, cursor=cursor, cursor_position=(0, 200))  # a commit of its own
+    assert np.array_equal(got[200:264, 0:64, :3], sprite[..., :3])
+    assert np.array_equal(got[50:114, 100:164, :3], primary[50:114, 100:164, :3])
+
+
+def test_a_frame_commit_is_built_once_and_a_reused_framebuffer_id_gets_its_own(display, make, dma_heap):
+    """show() and capture() build a commit once per kind of frame (by the values it carries); a framebuffer
+    made after another was removed may get its id back, and must be shown as what it is."""
+    w, h = display.mode.width, display.mode.height
+    buf, fb = make("XR24")
+    fill(buf, picture(h, w, seed=6))
+    cap_buf, cap_fb = make("XR24")
+    shown(display, fb, cap_buf, cap_fb)  # the first show() and capture() set the mode, attach the writeback
+    assert display._commits == {}
+    shown(display, fb, cap_buf, cap_fb)
+    built = len(display._commits)
+    shown(display, fb, cap_buf, cap_fb)
+    assert built == 2 and len(display._commits) == built
+    old_id = fb.fb_id
+    fb.close()
+    with dma_heap.allocate(w * h * 4) as small_buf:
+        small = display.framebuffer(small_buf, w // 2, h // 2)  # the kernel hands out the lowest free id
+        half = picture(h // 2, w // 2, seed=7)
+        fill(small_buf, half)
+        got = shown(display, small, cap_buf, cap_fb)
+        assert small.fb_id == old_id or len(display._commits) == built + 1
+        assert np.array_equal(got[: h // 2, : w // 2, :3], half[..., :3])
+        assert not got[h // 2:, :, :3].any() and not got[:, w // 2:, :3].any()  # the CRTC's black background
+        small.close()
 
 
 # -- explicit fences -------------------------------------------------------------------------------
