@@ -22,7 +22,7 @@ from collections import namedtuple
 from typing import NamedTuple
 
 from . import _uapi
-from ._sys import UnsupportedError, check_int, fd_target, ioctl, os_error, raw_ioctl
+from ._sys import UnsupportedError, check_int, fd_target, ioctl, ioctl_failed, os_error, raw_ioctl
 from ._uapi import ffi, fourcc_code, fourcc_name
 from .dmabuf import DmaBuf
 from .drm import DENIED, DrmDevice, GemObject, _node_number
@@ -93,7 +93,8 @@ class _Atomic:
         self.out[0] = -1
         if self.in_slot is not None:
             self.values[self.in_slot] = in_fence_fd
-        ioctl(fd, _ATOMIC, self.arg, self.what, _COMMIT_FIXES)
+        if raw_ioctl(fd, _ATOMIC, self.arg) < 0:
+            ioctl_failed(fd, _ATOMIC, self.arg, self.what, _COMMIT_FIXES)
         return self.out[0]
 
 
@@ -125,6 +126,7 @@ class Framebuffer:
         """DRM_IOCTL_MODE_RMFB and the GEM handle's release. Idempotent; nothing to do once the display is closed."""
         fb_id, self.fb_id = self.fb_id, 0
         if fb_id and not self.display.closed:
+            self.display._forget(fb_id)  # the kernel may give the id to the next framebuffer
             try:
                 ioctl(self.display.fileno(), _uapi.DRM_IOCTL_MODE_RMFB, ffi.new("unsigned int *", fb_id),
                       f"DRM_IOCTL_MODE_RMFB({fb_id})")
@@ -355,7 +357,7 @@ class Display(DrmDevice):
 
     # -- commits -----------------------------------------------------------------------------------
 
-    def _prepared(self, key: tuple, build) -> _Atomic:
+    def _prepared(self, key, build) -> _Atomic:
         """The commit for `key`, built by build() the first time (kept for the next 16 kinds of commit)."""
         atomic = self._commits.get(key)
         if atomic is None:
@@ -364,6 +366,11 @@ class Display(DrmDevice):
                 self._commits.clear()
             self._commits[key] = atomic
         return atomic
+
+    def _forget(self, fb_id: int) -> None:
+        """Drops the built commits that name framebuffer `fb_id` (being removed: the id may come back)."""
+        for key in [k for k in self._commits if k == fb_id or (type(k) is tuple and fb_id in k[1:3])]:
+            del self._commits[key]
 
     def show(self, fb: Framebuffer, *, in_fence: SyncFile | None = None, cursor: Framebuffer | None = None,
              cursor_position: tuple = (0, 0)) -> SyncFile:
@@ -380,6 +387,13 @@ class Display(DrmDevice):
         connector (a modeset). A show() or capture() while the previous
         commit is still pending is EBUSY: wait for its fence first.
         """
+        if cursor is None and in_fence is None and fb.__class__ is Framebuffer and fb.display is self and self._lit:
+            atomic = self._commits.get(fb.fb_id)  # the plain frame of an open framebuffer (fb_id 0: closed)
+            if atomic is not None:
+                fd = self._fd
+                if fd < 0:
+                    raise self._closed_error()
+                return SyncFile._wrap(atomic.commit(fd))  # the kernel made it for us, O_CLOEXEC
         for name, value in (("fb", fb), ("cursor", cursor)):
             if value is None and name == "cursor":
                 continue
@@ -401,10 +415,10 @@ class Display(DrmDevice):
                 self._destroy_blob(blob)
             self._lit = True
             return fence
-        # what the commit depends on: built once per kind of frame (a framebuffer id the kernel reuses after
-        # RMFB gives the same commit, so nothing here holds a Framebuffer alive)
-        key = ("show", fb.fb_id, fb.width, fb.height, fb.fourcc, None if cursor is None else (
-               cursor.fb_id, cursor.width, cursor.height, cursor.fourcc), tuple(cursor_position), fence_fd >= 0)
+        # built once per kind of frame, keyed by framebuffer ids (Framebuffer.close() drops the commits naming
+        # its id, which the kernel may reuse): the plain frame by the id alone, for the fast path above
+        key = fb.fb_id if cursor is None and fence_fd < 0 else (
+            "show", fb.fb_id, 0 if cursor is None else cursor.fb_id, tuple(cursor_position), fence_fd >= 0)
         atomic = self._prepared(key, lambda: self._show_commit(fb, cursor, cursor_position, fence_fd >= 0, 0))
         return SyncFile._wrap(atomic.commit(self.fileno(), fence_fd))  # the kernel made it for us, O_CLOEXEC
 
@@ -468,9 +482,8 @@ class Display(DrmDevice):
             raise TypeError(f"expected a Framebuffer (from framebuffer()), not {type(into).__name__}")
         if into.display is not self or into.closed:
             raise ValueError("that framebuffer is closed, or belongs to another Display")
-        if self._attached:  # built once per framebuffer (by the values it depends on: see show())
-            atomic = self._prepared(("capture", into.fb_id, into.width, into.height, into.fourcc),
-                                    lambda: self._capture_commit(into, False))
+        if self._attached:  # built once per framebuffer (see show())
+            atomic = self._prepared(("capture", into.fb_id), lambda: self._capture_commit(into, False))
         else:  # the first capture() attaches the writeback connector: a commit made once
             atomic = self._capture_commit(into, True)
         if not self._lit:
