@@ -243,13 +243,15 @@ class Tracer:
 
     @property
     def dropped(self) -> int:
-        """Events the kernel overwrote or dropped in this instance's ring buffer since it started."""
+        """Events the kernel overwrote or dropped in this instance's ring buffer since it started: per CPU,
+        `overrun` (overwritten), `commit overrun` (lost while nested events filled a page) and `dropped
+        events` (Documentation/trace/ftrace.rst, "per_cpu/cpuN/stats")."""
         total = 0
         for stats in sorted(os.listdir(os.path.join(self.path, "per_cpu"))):
             with open(os.path.join(self.path, "per_cpu", stats, "stats")) as f:
                 for line in f:
                     key, _, value = line.partition(":")
-                    if key in ("overrun", "dropped events"):
+                    if key in ("overrun", "commit overrun", "dropped events"):
                         total += int(value)
         return total
 
