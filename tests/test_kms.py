@@ -212,6 +212,9 @@ def test_a_frame_commit_is_built_once_and_a_reused_framebuffer_id_gets_its_own(d
         assert len(display._commits) == 2
         assert np.array_equal(got[: h // 2, : w // 2, :3], half[..., :3])
         assert not got[h // 2:, :, :3].any() and not got[:, w // 2:, :3].any()  # the CRTC's black background
+        display.close()  # a built commit is no way around a closed display
+        with pytest.raises(ValueError, match="closed Display"):
+            display.show(small)
         small.close()
 
 
