@@ -1,6 +1,5 @@
-/* The libc entry points the binding calls through cffi. glibc declares
- * ioctl() in <sys/ioctl.h> (every ioctl goes through it: linuxdmabuf/_sys.py)
- * and syscall() in <unistd.h> (for pidfd_getfd, which glibc does not wrap
- * and Python's os module lacks: linuxdmabuf/_fd.py). */
-int ioctl(int fd, unsigned long request, ...);
+/* The libc entry point the binding calls through cffi: syscall(), declared
+ * in <unistd.h>, for pidfd_getfd, which glibc does not wrap and Python's os
+ * module lacks (linuxdmabuf/_fd.py). ioctls are made by Python's
+ * fcntl.ioctl() on the cffi structs' memory (linuxdmabuf/_sys.py). */
 long syscall(long number, ...);

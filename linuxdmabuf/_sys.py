@@ -6,6 +6,7 @@ message naming the operation and, where one exists, the fix. ``ENOTTY`` from an
 ioctl the running kernel does not know becomes :class:`UnsupportedError`.
 """
 import errno
+import fcntl
 import math
 import operator
 import os
@@ -13,7 +14,7 @@ import re
 import select
 import time
 
-from ._uapi import ffi, lib
+from ._uapi import ffi
 
 
 class UnsupportedError(OSError):
@@ -58,44 +59,48 @@ def os_error(err: int | None, what: str, fix: str = "") -> OSError:
     return OSError(err, message)
 
 
-# glibc declares ioctl() variadic (cdefs/libc.h). Where the C calling
-# convention passes (int, unsigned long, pointer) to a variadic function
-# exactly as to a fixed one -- x86-64 (libffi sets %al on every call), i386,
-# arm, aarch64, riscv64 -- it is called through a fixed prototype, which
-# spares cffi's ABI mode its per-call handling of variadic arguments: about a
-# fifth of a SYNC pair's cost under TCG (BENCHMARKS.md). Elsewhere (powerpc64's
-# parameter save area, s390x...) the variadic declaration is used as it is.
-_MACHINE = os.uname().machine
-if _MACHINE in ("x86_64", "i386", "i686", "aarch64", "riscv64") or _MACHINE.startswith("armv"):
-    raw_ioctl = ffi.cast("int (*)(int, unsigned long, void *)", lib.ioctl)
-else:
-    raw_ioctl = lib.ioctl
+# Every ioctl is made by fcntl.ioctl() on a writable buffer that holds the
+# argument: ffi.buffer() over a cffi struct, built once where a frame loop
+# repeats the call. CPython copies the argument to its stack (up to 1 KiB),
+# makes the system call with the GIL released and copies the result back
+# into the struct: a direct C call, about a third of the cost of calling
+# ioctl() through cffi's ABI mode (libffi) under TCG and 35% less natively
+# (BENCHMARKS.md). Pointers inside an argument (V4L2 plane arrays, atomic
+# commit arrays) point at cffi memory as before. A failed call raises
+# OSError, which ioctl_failed() turns into the library's error.
+raw_ioctl = fcntl.ioctl
 
 
 def ioctl(fd: int, request: int, arg, what: str, fixes=None) -> int:
-    """ioctl(2); returns its non-negative result, or raises for `what` (see ioctl_failed)."""
-    ret = raw_ioctl(fd, request, arg)
-    return ret if ret >= 0 else ioctl_failed(fd, request, arg, what, fixes)
+    """ioctl(2) on `arg`, a cffi pointer (None: no argument); returns its non-negative result, or
+    raises for `what` (see ioctl_failed)."""
+    view = 0 if arg is None else ffi.buffer(arg)
+    try:
+        return raw_ioctl(fd, request, view)
+    except OSError as e:
+        return ioctl_failed(e, fd, request, view, what, fixes)
 
 
-def ioctl_failed(fd: int, request: int, arg, what: str, fixes=None, again: bool = False) -> int:
-    """Called right after `raw_ioctl(fd, request, arg)` returned -1.
+def ioctl_failed(error: OSError, fd: int, request: int, view, what: str, fixes=None, again: bool = False) -> int:
+    """Called with the `error` of `raw_ioctl(fd, request, view)`.
 
     Restarts the call on EINTR -- it did nothing, and Python's signal handlers
-    have run in between, as PEP 475 does for os functions -- and also on
-    EAGAIN with `again` (DMA_BUF_IOCTL_SYNC: Documentation/driver-api/
-    dma-buf.rst asks for both); returns its result once it succeeds. Else
-    raises os_error() for `what`, with the hint `fixes` maps the errno to.
-    Hot paths call raw_ioctl() themselves and build `what` only here, on
-    failure.
+    have run in between (a handler that raises ends it with its exception),
+    as PEP 475 does for os functions -- and also on EAGAIN with `again`
+    (DMA_BUF_IOCTL_SYNC: Documentation/driver-api/dma-buf.rst asks for both);
+    returns its result once it succeeds. Else raises os_error() for `what`,
+    with the hint `fixes` maps the errno to. Hot paths call raw_ioctl()
+    themselves and build `what` only here, on failure.
     """
-    err = ffi.errno
+    err = error.errno
     while err == errno.EINTR or (again and err == errno.EAGAIN):
-        ret = raw_ioctl(fd, request, arg)
-        if ret >= 0:
-            return ret
-        err = ffi.errno
-    raise os_error(err, what, fixes.get(err, "") if fixes else "")
+        try:
+            return raw_ioctl(fd, request, view)
+        except OSError as e:
+            error, err = e, e.errno
+    if err is None:  # not the call's failure: a signal handler's OSError (InterruptedError...), raised as is
+        raise error
+    raise os_error(err, what, fixes.get(err, "") if fixes else "") from None
 
 
 def check_int(value, what: str) -> int:

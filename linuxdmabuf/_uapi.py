@@ -18,7 +18,7 @@ except ModuleNotFoundError as e:
                       "(pip install . or pip install -e . in a source tree), or generate it in place with "
                       "python cdefs/build.py") from None
 
-lib = ffi.dlopen(None)  # the C library: ioctl() and syscall() are declared (cdefs/libc.h)
+lib = ffi.dlopen(None)  # the C library: syscall() is declared (cdefs/libc.h)
 
 # include/uapi/asm-generic/ioctl.h; alpha, mips, powerpc and sparc override the
 # widths and direction values in their own asm/ioctl.h.

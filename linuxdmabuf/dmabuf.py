@@ -23,12 +23,13 @@ _EXPORT_FIXES = {errno.ENOTTY: "implicit fences as sync_files need Linux 6.0 or 
 
 
 def _sync_args(when: int) -> tuple:
-    """struct dma_buf_sync for START or END, indexed by the access flags READ (1) | WRITE (2).
+    """struct dma_buf_sync for START or END (its buffer view, raw_ioctl's argument), indexed by the
+    access flags READ (1) | WRITE (2).
 
     The kernel only reads it, so one constant per flag value serves every
     call, from every thread: DMA_BUF_IOCTL_SYNC allocates nothing per call.
     """
-    return (None, *(ffi.new("struct dma_buf_sync *", {"flags": when | access})
+    return (None, *(ffi.buffer(ffi.new("struct dma_buf_sync *", {"flags": when | access}))
                     for access in (_READ, _WRITE, _READ | _WRITE)))
 
 
@@ -37,6 +38,7 @@ _END = _sync_args(_uapi.DMA_BUF_SYNC_END)
 _NO_ACCESS = "CPU access must include read, write or both"
 _poll = select.poll
 _new = ffi.new
+_buffer = ffi.buffer
 _object = object.__new__
 # Python 3.13+: the mapping keeps no duplicate of the fd (before, every mmap.mmap holds one while open).
 _NO_TRACKFD = {"trackfd": False} if sys.version_info >= (3, 13) else {}
@@ -86,8 +88,10 @@ class _CpuAccess(tuple):
         fd = buf._fd  # _sync() inlined: this is a frame loop's hottest path
         if fd < 0:
             raise buf._closed_error()
-        if raw_ioctl(fd, _SYNC, start) < 0:
-            ioctl_failed(fd, _SYNC, start, "DMA_BUF_IOCTL_SYNC", again=True)
+        try:
+            raw_ioctl(fd, _SYNC, start)
+        except OSError as e:
+            ioctl_failed(e, fd, _SYNC, start, "DMA_BUF_IOCTL_SYNC", again=True)
         return buf
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -95,8 +99,10 @@ class _CpuAccess(tuple):
         fd = buf._fd
         if fd < 0:
             raise buf._closed_error()
-        if raw_ioctl(fd, _SYNC, end) < 0:
-            ioctl_failed(fd, _SYNC, end, "DMA_BUF_IOCTL_SYNC", again=True)
+        try:
+            raw_ioctl(fd, _SYNC, end)
+        except OSError as e:
+            ioctl_failed(e, fd, _SYNC, end, "DMA_BUF_IOCTL_SYNC", again=True)
 
 
 class DmaBuf(FdObject):
@@ -168,8 +174,8 @@ class DmaBuf(FdObject):
 
     @name.setter
     def name(self, name: str) -> None:
-        ioctl(self.fileno(), _uapi.DMA_BUF_SET_NAME, ffi.from_buffer(encode_name(name, "dma-buf name") + b"\0"),
-              "DMA_BUF_SET_NAME")
+        arg = bytearray(encode_name(name, "dma-buf name") + b"\0")
+        ioctl(self.fileno(), _uapi.DMA_BUF_SET_NAME, ffi.from_buffer("char[]", arg), "DMA_BUF_SET_NAME")
 
     @property
     def readonly(self) -> bool:
@@ -193,8 +199,10 @@ class DmaBuf(FdObject):
         fd = self._fd  # _sync() inlined, as in cpu_access(): a per-frame path
         if fd < 0 or arg is None:
             raise self._closed_error() if fd < 0 else ValueError(_NO_ACCESS)
-        if raw_ioctl(fd, _SYNC, arg) < 0:
-            ioctl_failed(fd, _SYNC, arg, "DMA_BUF_IOCTL_SYNC", again=True)
+        try:
+            raw_ioctl(fd, _SYNC, arg)
+        except OSError as e:
+            ioctl_failed(e, fd, _SYNC, arg, "DMA_BUF_IOCTL_SYNC", again=True)
 
     def sync_end(self, *, read: bool = True, write: bool = True) -> None:
         """DMA_BUF_IOCTL_SYNC END: CPU access through a mapping is over.
@@ -206,8 +214,10 @@ class DmaBuf(FdObject):
         fd = self._fd
         if fd < 0 or arg is None:
             raise self._closed_error() if fd < 0 else ValueError(_NO_ACCESS)
-        if raw_ioctl(fd, _SYNC, arg) < 0:
-            ioctl_failed(fd, _SYNC, arg, "DMA_BUF_IOCTL_SYNC", again=True)
+        try:
+            raw_ioctl(fd, _SYNC, arg)
+        except OSError as e:
+            ioctl_failed(e, fd, _SYNC, arg, "DMA_BUF_IOCTL_SYNC", again=True)
 
     def cpu_access(self, *, read: bool = True, write: bool = True) -> _CpuAccess:
         """``with buf.cpu_access(read=..., write=...):`` -- START on entry, END on exit, also on exception."""
@@ -304,8 +314,11 @@ class DmaBuf(FdObject):
         if fd < 0:
             raise self._closed_error()
         arg = _new(_EXPORT_ARG, (_WRITE if write else _READ, 0))
-        if raw_ioctl(fd, _EXPORT, arg) < 0:
-            ioctl_failed(fd, _EXPORT, arg, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE", _EXPORT_FIXES)
+        view = _buffer(arg)
+        try:
+            raw_ioctl(fd, _EXPORT, view)
+        except OSError as e:
+            ioctl_failed(e, fd, _EXPORT, view, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE", _EXPORT_FIXES)
         fence = _object(SyncFile)  # SyncFile._wrap(), inline: an fd-making path
         fence._fd = arg.fd
         return fence
@@ -319,10 +332,8 @@ class DmaBuf(FdObject):
         """
         arg = ffi.new("struct dma_buf_import_sync_file *",
                       {"flags": _WRITE if write else _READ, "fd": check_sync_file(sync_file)})
-        fd = self.fileno()
-        if raw_ioctl(fd, _IMPORT, arg) < 0:
-            ioctl_failed(fd, _IMPORT, arg, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE",
-                         {errno.ENOTTY: _EXPORT_FIXES[errno.ENOTTY], errno.EINVAL: f"fd {arg.fd} is not a sync_file"})
+        ioctl(self.fileno(), _IMPORT, arg, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE",
+              {errno.ENOTTY: _EXPORT_FIXES[errno.ENOTTY], errno.EINVAL: f"fd {arg.fd} is not a sync_file"})
 
     def wait(self, *, write: bool = False, timeout: float | None = None) -> bool:
         """Wait for the implicit fences: True when idle, False on timeout.

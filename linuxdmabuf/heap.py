@@ -15,6 +15,7 @@ _ALLOC = _uapi.DMA_HEAP_IOCTL_ALLOC
 _ALLOCATION_DATA = ffi.typeof("struct dma_heap_allocation_data *")
 _READWRITE = os.O_RDWR | os.O_CLOEXEC
 _new = ffi.new
+_buffer = ffi.buffer
 _object = object.__new__
 _READONLY = os.O_RDONLY | os.O_CLOEXEC
 
@@ -165,8 +166,11 @@ class Heap(FdObject):
             raise os_error(errno.ENOMEM, f"DMA_HEAP_IOCTL_ALLOC of {size} bytes from {self._path}",
                            f"more than this machine's {_RAM} bytes of RAM")
         data = _new(_ALLOCATION_DATA, (size, 0, _READONLY if readonly else _READWRITE))  # len, fd, fd_flags
-        if raw_ioctl(fd, _ALLOC, data) < 0:
-            ioctl_failed(fd, _ALLOC, data, f"DMA_HEAP_IOCTL_ALLOC of {size} bytes from {self._path}",
+        view = _buffer(data)
+        try:
+            raw_ioctl(fd, _ALLOC, view)
+        except OSError as e:
+            ioctl_failed(e, fd, _ALLOC, view, f"DMA_HEAP_IOCTL_ALLOC of {size} bytes from {self._path}",
                          {errno.ENOMEM: f"{self.name} cannot supply {size} bytes now"})
         buf = _object(DmaBuf)  # DmaBuf._wrap(), inline
         buf._fd = data.fd

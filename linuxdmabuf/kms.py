@@ -16,6 +16,7 @@ DRM_FORMAT_XRGB8888 (B, G, R, X in memory), "AR24" ARGB8888, "RG16" RGB565.
 vkms, the kernel's virtual display, has all of it (a writeback connector with
 ``vkms.enable_writeback=1``, its default).
 """
+import contextlib
 import errno
 import glob
 from collections import namedtuple
@@ -82,9 +83,9 @@ class _Atomic:
         for i, (_, prop, value) in enumerate(flat):
             prop_ids[i], self.values[i] = prop, value & 0xFFFFFFFFFFFFFFFF
         self.in_slot = None if in_fence is None else flat.index((*in_fence, -1))
-        self.arg = ffi.new("struct drm_mode_atomic *", {"flags": flags, "count_objs": len(objs),
-                                                         "objs_ptr": ids_ptr, "count_props_ptr": counts_ptr,
-                                                         "props_ptr": prop_ptr, "prop_values_ptr": values_ptr})
+        self.arg = ffi.buffer(ffi.new("struct drm_mode_atomic *", {  # the buffer keeps its struct alive
+            "flags": flags, "count_objs": len(objs), "objs_ptr": ids_ptr, "count_props_ptr": counts_ptr,
+            "props_ptr": prop_ptr, "prop_values_ptr": values_ptr}))
         self.what = what
         self._keep = (ids, counts, prop_ids)
 
@@ -93,14 +94,20 @@ class _Atomic:
         self.out[0] = -1
         if self.in_slot is not None:
             self.values[self.in_slot] = in_fence_fd
-        if raw_ioctl(fd, _ATOMIC, self.arg) < 0:
-            ioctl_failed(fd, _ATOMIC, self.arg, self.what, _COMMIT_FIXES)
+        try:
+            raw_ioctl(fd, _ATOMIC, self.arg)
+        except OSError as e:
+            ioctl_failed(e, fd, _ATOMIC, self.arg, self.what, _COMMIT_FIXES)
         return self.out[0]
 
 
 def _is_kms(fd: int) -> bool:
     """DRM_IOCTL_MODE_GETRESOURCES works: the driver does modesetting (vgem answers EOPNOTSUPP)."""
-    return raw_ioctl(fd, _uapi.DRM_IOCTL_MODE_GETRESOURCES, ffi.new("struct drm_mode_card_res *")) >= 0
+    try:
+        raw_ioctl(fd, _uapi.DRM_IOCTL_MODE_GETRESOURCES, ffi.buffer(ffi.new("struct drm_mode_card_res *")))
+    except OSError:
+        return False
+    return True
 
 
 class Framebuffer:
@@ -168,9 +175,10 @@ class Display(DrmDevice):
             ioctl(fd, _uapi.DRM_IOCTL_SET_CLIENT_CAP, ffi.new("struct drm_set_client_cap *", (cap, 1)),
                   "DRM_IOCTL_SET_CLIENT_CAP", {errno.EOPNOTSUPP: f"the {self.driver} driver has no atomic modesetting"})
         # writeback connectors are listed only to clients that ask; a card may have none
-        raw_ioctl(fd, _uapi.DRM_IOCTL_SET_CLIENT_CAP,
-                  ffi.new("struct drm_set_client_cap *", (_uapi.DRM_CLIENT_CAP_WRITEBACK_CONNECTORS, 1)))
-        ioctl(fd, _uapi.DRM_IOCTL_SET_MASTER, ffi.NULL, f"DRM_IOCTL_SET_MASTER on {self._path}",
+        with contextlib.suppress(OSError):
+            raw_ioctl(fd, _uapi.DRM_IOCTL_SET_CLIENT_CAP,
+                      ffi.buffer(ffi.new("struct drm_set_client_cap *", (_uapi.DRM_CLIENT_CAP_WRITEBACK_CONNECTORS, 1))))
+        ioctl(fd, _uapi.DRM_IOCTL_SET_MASTER, None, f"DRM_IOCTL_SET_MASTER on {self._path}",
               {errno.EBUSY: "another open file of this card is DRM master (a compositor, or another Display): "
                             "close it first",
                errno.EACCES: "becoming DRM master needs root (CAP_SYS_ADMIN) or the first open of the card"})

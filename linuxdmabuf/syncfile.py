@@ -19,6 +19,7 @@ _POLLIN = select.POLLIN
 _poll = select.poll
 _object = object.__new__
 _new = ffi.new
+_buffer = ffi.buffer
 _MERGED = "merged"  # merge()'s default name, recognised by identity: no encoding per call
 
 
@@ -119,8 +120,7 @@ class SyncFile(FdObject):
         """SYNC_IOC_FILE_INFO with no fence array: (fd, the struct with status and num_fences)."""
         fd = self.fileno()
         info = ffi.new(_FILE_INFO_ARG)
-        if raw_ioctl(fd, _FILE_INFO, info) < 0:
-            ioctl_failed(fd, _FILE_INFO, info, "SYNC_IOC_FILE_INFO")
+        ioctl(fd, _FILE_INFO, info, "SYNC_IOC_FILE_INFO")
         return fd, info
 
     def info(self) -> SyncFileInfo:
@@ -133,8 +133,7 @@ class SyncFile(FdObject):
         fd, info = self._file_info()
         fences = ffi.new(_FENCE_INFO_ARRAY, info.num_fences or 1)
         info.sync_fence_info = int(ffi.cast("uintptr_t", fences))
-        if raw_ioctl(fd, _FILE_INFO, info) < 0:
-            ioctl_failed(fd, _FILE_INFO, info, "SYNC_IOC_FILE_INFO")
+        ioctl(fd, _FILE_INFO, info, "SYNC_IOC_FILE_INFO")
         string = ffi.string
         return SyncFileInfo(
             string(info.name).decode(errors="replace"), FenceStatus.from_kernel(info.status),
@@ -157,8 +156,11 @@ class SyncFile(FdObject):
             if fd < 0 or fd2 < 0:
                 raise self._closed_error() if fd < 0 else others[0]._closed_error()
             data = _new(_MERGE_ARG, (b"merged" if name is _MERGED else encode_name(name, "sync_file name"), fd2))
-            if raw_ioctl(fd, _MERGE, data) < 0:
-                ioctl_failed(fd, _MERGE, data, "SYNC_IOC_MERGE", _MERGE_FIXES)
+            view = _buffer(data)
+            try:
+                raw_ioctl(fd, _MERGE, view)
+            except OSError as e:
+                ioctl_failed(e, fd, _MERGE, view, "SYNC_IOC_MERGE", _MERGE_FIXES)
             merged = _object(SyncFile)  # SyncFile._wrap(), inline: an fd-making path
             merged._fd = data.fence
             return merged
@@ -175,8 +177,7 @@ class SyncFile(FdObject):
             try:  # an intermediate merge is closed whatever happens next
                 data.fd2 = other.fileno()
                 fd = result.fileno()
-                if raw_ioctl(fd, _MERGE, data) < 0:
-                    ioctl_failed(fd, _MERGE, data, "SYNC_IOC_MERGE", _MERGE_FIXES)
+                ioctl(fd, _MERGE, data, "SYNC_IOC_MERGE", _MERGE_FIXES)
                 merged = _object(SyncFile)  # SyncFile._wrap(), inline: an fd-making path
                 merged._fd = data.fence
             finally:

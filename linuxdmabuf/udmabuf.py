@@ -30,6 +30,7 @@ _MEMFD = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
 _MEMFD_HUGETLB = _MEMFD | os.MFD_HUGETLB
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 _object = object.__new__
+_buffer = ffi.buffer
 
 
 def _segment(memfd, offset, size) -> tuple:
@@ -105,10 +106,12 @@ class Udmabuf(FdObject):
         if fd < 0:
             raise self._closed_error()
         arg = ffi.new(_CREATE_ARG, (memfd, _uapi.UDMABUF_FLAGS_CLOEXEC, offset, size))
-        new = raw_ioctl(fd, _CREATE, arg)
-        if new < 0:
+        view = _buffer(arg)
+        try:
+            new = raw_ioctl(fd, _CREATE, view)
+        except OSError as e:
             try:
-                new = ioctl_failed(fd, _CREATE, arg, "UDMABUF_CREATE")
+                new = ioctl_failed(e, fd, _CREATE, view, "UDMABUF_CREATE")
             except OSError as e:
                 raise os_error(e.errno, "UDMABUF_CREATE", _diagnose(e.errno, [(memfd, offset, size)])) from None
         buf = _object(DmaBuf)  # DmaBuf._wrap(), inline: an fd-making path

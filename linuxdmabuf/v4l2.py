@@ -109,7 +109,7 @@ class _Queue:
         self.name, self.type, self.mplane = name, buf_type, mplane
         self.memory = 0  # V4L2_MEMORY_MMAP or _DMABUF, once buffers are set
         self.buffers: list = []
-        self.qargs: list = []  # per index: (QBUF argument, its plane array or None, the DmaBufs, their fds)
+        self.qargs: list = []  # per index: (QBUF argument, its buffer view, plane array or None, DmaBufs, fds)
         self.nplanes = 1
         self.sizes: tuple = ()  # each plane's sizeimage
         self.events = select.POLLIN if name == "capture" else select.POLLOUT
@@ -135,7 +135,8 @@ class _Queue:
                 target.bytesused = size if output else 0  # an output plane's whole format, by default
                 if memory == _DMABUF:
                     target.m.fd, target.length = buf.fileno(), buf.size
-            self.qargs.append((arg, array, planes, tuple(p.fileno() for p in planes) if memory == _DMABUF else ()))
+            self.qargs.append((arg, ffi.buffer(arg), array, planes,
+                               tuple(p.fileno() for p in planes) if memory == _DMABUF else ()))
         self.dqbuf.type, self.dqbuf.memory = self.type, memory
         if self.mplane:
             self.dqplanes = ffi.new(_PLANES, nplanes)
@@ -328,12 +329,17 @@ class VideoDevice(FdObject):
         q = self._queue(queue)
         desc = ffi.new("struct v4l2_fmtdesc *")
         desc.type = q.type
-        found = []
-        fd = self.fileno()
-        while raw_ioctl(fd, _uapi.VIDIOC_ENUM_FMT, desc) >= 0:
+        found: list = []
+        fd, view = self.fileno(), ffi.buffer(desc)
+        while True:
+            try:
+                raw_ioctl(fd, _uapi.VIDIOC_ENUM_FMT, view)
+            except OSError as e:
+                if e.errno == errno.EINVAL:  # past the last format
+                    return found
+                ioctl_failed(e, fd, _uapi.VIDIOC_ENUM_FMT, view, f"VIDIOC_ENUM_FMT on {self._path}")  # EINTR: again
             found.append(fourcc_name(desc.pixelformat))
             desc.index += 1
-        return found
 
     # -- buffers ---------------------------------------------------------------
 
@@ -432,7 +438,7 @@ class VideoDevice(FdObject):
         if not 0 <= index < len(qargs):
             raise ValueError(f"index {index} is not one of the {len(qargs)} buffers of the {queue} queue" if qargs
                              else f"no buffers on the {queue} queue: export_buffers() or use_buffers() first")
-        arg, array, planes, fds = qargs[index]
+        arg, view, array, planes, fds = qargs[index]
         for p, number in zip(planes, fds):
             if p._fd != number:
                 raise ValueError(f"buffer {index} of the {queue} queue was closed after use_buffers(); "
@@ -440,9 +446,11 @@ class VideoDevice(FdObject):
         if bytesused is not None and q.name == "output":
             for plane, n in enumerate(_per_plane(bytesused, q.nplanes)):
                 (array[plane] if array is not None else arg).bytesused = n
-        if raw_ioctl(fd, _QBUF, arg) < 0:
+        try:
+            raw_ioctl(fd, _QBUF, view)
+        except OSError as e:
             used = _per_plane(bytesused, q.nplanes) if bytesused is not None else q.sizes
-            ioctl_failed(fd, _QBUF, arg, f"VIDIOC_QBUF {index} on {self._path} {queue}",
+            ioctl_failed(e, fd, _QBUF, view, f"VIDIOC_QBUF {index} on {self._path} {queue}",
                          {errno.EINVAL: self._diagnose_qbuf(q, index, used)})
         if bytesused is not None and q.name == "output":  # back to the default for the next queue()
             for plane, n in enumerate(q.sizes):
@@ -470,8 +478,10 @@ class VideoDevice(FdObject):
         q = self._queues.get(queue) or self._queue(queue)
         if timeout is not None:
             timeout = check_timeout(timeout)
-        if raw_ioctl(fd, _DQBUF, q.dqbuf) < 0:  # O_NONBLOCK: a finished buffer is taken at once, without a poll
-            if not self._wait_and_dequeue(q, timeout):
+        try:  # O_NONBLOCK: a finished buffer is taken at once, without a poll
+            raw_ioctl(fd, _DQBUF, q.dqview)
+        except OSError as e:
+            if not self._wait_and_dequeue(q, e, timeout):
                 return None
         index, used, flags, sec, usec, sequence = _DQ_FIELDS(q.dqview)
         if q.mplane:
@@ -481,23 +491,26 @@ class VideoDevice(FdObject):
             used = (used,)
         return Frame(index, q.buffers[index], used, sequence, sec * 1_000_000_000 + usec * 1000, flags)
 
-    def _wait_and_dequeue(self, q: _Queue, timeout: float | None) -> bool:
-        """DQBUF answered: poll for the queue's buffer until `timeout`, then DQBUF again; False on timeout."""
+    def _wait_and_dequeue(self, q: _Queue, error: OSError, timeout: float | None) -> bool:
+        """DQBUF failed with `error`: poll for the queue's buffer until `timeout`, then DQBUF again; False on
+        timeout."""
         fd = self.fileno()
-        arg = q.dqbuf
+        view = q.dqview
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            err = ffi.errno
-            if err != errno.EAGAIN:
-                ioctl_failed(fd, _DQBUF, arg, f"VIDIOC_DQBUF on {self._path} {q.name}", {
+            if error.errno != errno.EAGAIN:
+                ioctl_failed(error, fd, _DQBUF, view, f"VIDIOC_DQBUF on {self._path} {q.name}", {
                     errno.EINVAL: f"the {q.name} queue is not streaming: start() it (or use streaming())",
                     errno.EPIPE: "the last buffer was dequeued (V4L2_BUF_FLAG_LAST): the stream has ended"})
                 return True  # restarted after EINTR, and done
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not poll_fd(fd, q.events, remaining):
                 return False
-            if raw_ioctl(fd, _DQBUF, arg) >= 0:
+            try:
+                raw_ioctl(fd, _DQBUF, view)
                 return True
+            except OSError as e:
+                error = e
             if remaining == 0:
                 return False
 

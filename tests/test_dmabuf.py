@@ -8,6 +8,7 @@ import pytest
 
 from linuxdmabuf import DmaBuf, FenceStatus
 from linuxdmabuf import dmabuf as dmabuf_module
+from linuxdmabuf._uapi import ffi
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 pytestmark = pytest.mark.kernel
@@ -191,7 +192,7 @@ def _recording_syncs(monkeypatch):
     real = dmabuf_module.raw_ioctl
 
     def record(fd, request, arg):
-        calls.append(arg.flags)
+        calls.append(ffi.from_buffer("struct dma_buf_sync *", arg).flags)
         return real(fd, request, arg)
 
     monkeypatch.setattr(dmabuf_module, "raw_ioctl", record)

@@ -3,7 +3,6 @@ timeout of SyncFile.wait / DmaBuf.wait (the overshoot is printed), and a blocked
 DMA_BUF_IOCTL_SYNC START interrupted by signals is restarted, as the kernel asks,
 instead of failing with EINTR. (test_dmabuf.py and test_syncfile.py check one 0.5 s
 wait under 50 ms alarms.)"""
-import errno
 import signal
 import threading
 import time
@@ -95,12 +94,14 @@ class CountingIoctl:
         self.real, self.fd, self.calls, self.eintr = real, fd, 0, 0
 
     def __call__(self, fd, *args):
-        ret = self.real(fd, *args)
         if fd == self.fd:
             self.calls += 1
-            if ret < 0 and _sys.ffi.errno == errno.EINTR:
+        try:
+            return self.real(fd, *args)
+        except InterruptedError:
+            if fd == self.fd:
                 self.eintr += 1
-        return ret
+            raise
 
 
 def test_blocked_sync_start_is_restarted_after_eintr(busy, monkeypatch):
