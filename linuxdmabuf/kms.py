@@ -188,7 +188,7 @@ class Display(DrmDevice):
         self._formats: dict = {}
         self._lit = False  # our CRTC state (mode, connector) committed once
         self._attached = False  # the writeback connector attached to the CRTC
-        self._commits: dict = {}  # (kind, framebuffers, ...) -> _Atomic: a frame's commit is built once
+        self._commits: dict = {}  # fb_id (show), -fb_id (capture), (kind, fb ids, ...) -> _Atomic: built once
 
     _attaches = True
 
@@ -377,7 +377,7 @@ class Display(DrmDevice):
 
     def _forget(self, fb_id: int) -> None:
         """Drops the built commits that name framebuffer `fb_id` (being removed: the id may come back)."""
-        for key in [k for k in self._commits if k == fb_id or (type(k) is tuple and fb_id in k[1:3])]:
+        for key in [k for k in self._commits if k in (fb_id, -fb_id) or (type(k) is tuple and fb_id in k[1:3])]:
             del self._commits[key]
 
     def show(self, fb: Framebuffer, *, in_fence: SyncFile | None = None, cursor: Framebuffer | None = None,
@@ -486,12 +486,19 @@ class Display(DrmDevice):
         (tens of ms under emulation) between a fence signaling and the next
         capture.
         """
+        if into.__class__ is Framebuffer and into.display is self:
+            atomic = self._commits.get(-into.fb_id)  # an open framebuffer's capture (fb_id 0: closed)
+            if atomic is not None:
+                fd = self._fd
+                if fd < 0:
+                    raise self._closed_error()
+                return SyncFile._wrap(atomic.commit(fd))  # the kernel made it for us, O_CLOEXEC
         if not isinstance(into, Framebuffer):
             raise TypeError(f"expected a Framebuffer (from framebuffer()), not {type(into).__name__}")
         if into.display is not self or into.closed:
             raise ValueError("that framebuffer is closed, or belongs to another Display")
-        if self._attached:  # built once per framebuffer (see show())
-            atomic = self._prepared(("capture", into.fb_id), lambda: self._capture_commit(into, False))
+        if self._attached:  # built once per framebuffer (see show()), keyed by -fb_id for the fast path above
+            atomic = self._prepared(-into.fb_id, lambda: self._capture_commit(into, False))
         else:  # the first capture() attaches the writeback connector: a commit made once
             atomic = self._capture_commit(into, True)
         if not self._lit:

@@ -16,6 +16,7 @@ what the caller gives the device, "capture" what the device gives back.
 """
 import contextlib
 import errno
+import operator
 import os
 import select
 import stat
@@ -45,6 +46,9 @@ _DMABUF = _uapi.V4L2_MEMORY_DMABUF
 _QBUF = _uapi.VIDIOC_QBUF
 _DQBUF = _uapi.VIDIOC_DQBUF
 _BUFFER = ffi.typeof("struct v4l2_buffer *")
+_NUMBERS = (int, float)  # a timeout of these types, >= 0, needs no check_timeout() on the per-frame path
+_FD = operator.attrgetter("_fd")
+_tuple_new = tuple.__new__  # Frame(...) without namedtuple's Python-level __new__
 _PLANES = ffi.typeof("struct v4l2_plane[]")
 
 
@@ -439,10 +443,9 @@ class VideoDevice(FdObject):
             raise ValueError(f"index {index} is not one of the {len(qargs)} buffers of the {queue} queue" if qargs
                              else f"no buffers on the {queue} queue: export_buffers() or use_buffers() first")
         arg, view, array, planes, fds = qargs[index]
-        for p, number in zip(planes, fds):
-            if p._fd != number:
-                raise ValueError(f"buffer {index} of the {queue} queue was closed after use_buffers(); "
-                                 "give use_buffers() open DmaBufs again")
+        if fds and tuple(map(_FD, planes)) != fds:
+            raise ValueError(f"buffer {index} of the {queue} queue was closed after use_buffers(); "
+                             "give use_buffers() open DmaBufs again")
         if bytesused is not None and q.name == "output":
             for plane, n in enumerate(_per_plane(bytesused, q.nplanes)):
                 (array[plane] if array is not None else arg).bytesused = n
@@ -476,12 +479,12 @@ class VideoDevice(FdObject):
         if fd < 0:
             raise self._closed_error()
         q = self._queues.get(queue) or self._queue(queue)
-        if timeout is not None:
-            timeout = check_timeout(timeout)
+        if timeout is not None and not (timeout.__class__ in _NUMBERS and timeout >= 0):
+            check_timeout(timeout)  # raises for a bad timeout, also when a buffer is ready
         try:  # O_NONBLOCK: a finished buffer is taken at once, without a poll
             raw_ioctl(fd, _DQBUF, q.dqview)
         except OSError as e:
-            if not self._wait_and_dequeue(q, e, timeout):
+            if not self._wait_and_dequeue(q, e, check_timeout(timeout)):
                 return None
         index, used, flags, sec, usec, sequence = _DQ_FIELDS(q.dqview)
         if q.mplane:
@@ -489,7 +492,7 @@ class VideoDevice(FdObject):
             used = tuple(planes[i].bytesused for i in range(q.nplanes))
         else:
             used = (used,)
-        return Frame(index, q.buffers[index], used, sequence, sec * 1_000_000_000 + usec * 1000, flags)
+        return _tuple_new(Frame, (index, q.buffers[index], used, sequence, sec * 1_000_000_000 + usec * 1000, flags))
 
     def _wait_and_dequeue(self, q: _Queue, error: OSError, timeout: float | None) -> bool:
         """DQBUF failed with `error`: poll for the queue's buffer until `timeout`, then DQBUF again; False on
