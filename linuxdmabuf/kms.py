@@ -38,6 +38,7 @@ BYTES_PER_PIXEL = {"XR24": 4, "AR24": 4, "XB24": 4, "AB24": 4, "RX24": 4, "RA24"
 _NONBLOCK = _uapi.DRM_MODE_ATOMIC_NONBLOCK
 _MODESET = _uapi.DRM_MODE_ATOMIC_ALLOW_MODESET
 _ATOMIC = _uapi.DRM_IOCTL_MODE_ATOMIC
+_object = object.__new__
 _CONNECTED = 1  # enum drm_connector_status
 
 
@@ -89,8 +90,8 @@ class _Atomic:
         self.what = what
         self._keep = (ids, counts, prop_ids)
 
-    def commit(self, fd: int, in_fence_fd: int = -1) -> int:
-        """Commits; the out-fence fd the kernel made (O_CLOEXEC), for the caller to own at once."""
+    def commit(self, fd: int, in_fence_fd: int = -1) -> SyncFile:
+        """Commits; the out-fence the kernel made (O_CLOEXEC), owned at once."""
         self.out[0] = -1
         if self.in_slot is not None:
             self.values[self.in_slot] = in_fence_fd
@@ -98,7 +99,9 @@ class _Atomic:
             raw_ioctl(fd, _ATOMIC, self.arg)
         except OSError as e:
             ioctl_failed(e, fd, _ATOMIC, self.arg, self.what, _COMMIT_FIXES)
-        return self.out[0]
+        fence = _object(SyncFile)  # SyncFile._wrap(), inline: a per-frame path
+        fence._fd = self.out[0]
+        return fence
 
 
 def _is_kms(fd: int) -> bool:
@@ -401,7 +404,7 @@ class Display(DrmDevice):
                 fd = self._fd
                 if fd < 0:
                     raise self._closed_error()
-                return SyncFile._wrap(atomic.commit(fd))  # the kernel made it for us, O_CLOEXEC
+                return atomic.commit(fd)  # the out-fence, O_CLOEXEC
         for name, value in (("fb", fb), ("cursor", cursor)):
             if value is None and name == "cursor":
                 continue
@@ -417,8 +420,8 @@ class Display(DrmDevice):
         if not self._lit:  # the first show() sets the mode too: a commit made once
             blob = self._mode_blob()
             try:
-                fence = SyncFile._wrap(self._show_commit(fb, cursor, cursor_position, fence_fd >= 0, blob).commit(
-                    self.fileno(), fence_fd))
+                fence = self._show_commit(fb, cursor, cursor_position, fence_fd >= 0, blob).commit(
+                    self.fileno(), fence_fd)
             finally:
                 self._destroy_blob(blob)
             self._lit = True
@@ -428,7 +431,7 @@ class Display(DrmDevice):
         key = fb.fb_id if cursor is None and fence_fd < 0 else (
             "show", fb.fb_id, 0 if cursor is None else cursor.fb_id, tuple(cursor_position), fence_fd >= 0)
         atomic = self._prepared(key, lambda: self._show_commit(fb, cursor, cursor_position, fence_fd >= 0, 0))
-        return SyncFile._wrap(atomic.commit(self.fileno(), fence_fd))  # the kernel made it for us, O_CLOEXEC
+        return atomic.commit(self.fileno(), fence_fd)  # the out-fence, O_CLOEXEC
 
     def _show_commit(self, fb: Framebuffer, cursor: Framebuffer | None, position, in_fence: bool,
                      blob: int) -> _Atomic:
@@ -492,7 +495,7 @@ class Display(DrmDevice):
                 fd = self._fd
                 if fd < 0:
                     raise self._closed_error()
-                return SyncFile._wrap(atomic.commit(fd))  # the kernel made it for us, O_CLOEXEC
+                return atomic.commit(fd)  # the out-fence, O_CLOEXEC
         if not isinstance(into, Framebuffer):
             raise TypeError(f"expected a Framebuffer (from framebuffer()), not {type(into).__name__}")
         if into.display is not self or into.closed:
@@ -503,7 +506,7 @@ class Display(DrmDevice):
             atomic = self._capture_commit(into, True)
         if not self._lit:
             raise ValueError("nothing is shown yet: show() a framebuffer first")
-        fence = SyncFile._wrap(atomic.commit(self.fileno()))  # the kernel made it for us, O_CLOEXEC
+        fence = atomic.commit(self.fileno())  # the out-fence, O_CLOEXEC
         self._attached = True
         return fence
 

@@ -25,6 +25,7 @@ keeps up with tens of thousands of events a second even under emulation.
 """
 import errno
 import itertools
+import operator
 import os
 import re
 import select
@@ -41,9 +42,11 @@ PREFIX = "linuxdmabuf-"  # our instances: linuxdmabuf-<pid>-<n>
 _counter = itertools.count()
 _FIELD = re.compile(r"field:(.+?);\s*offset:(\d+);\s*size:(\d+);(.*)")
 _HEADER = struct.Struct("<I")  # a ring-buffer event's header: type_len (5 bits), time_delta (27 bits)
+_HEAD = struct.Struct("<IH")  # a header and the u16 after it: a small record's common_type
 _TS_SHIFT = 27
 _PADDING, _TIME_EXTEND, _TIME_STAMP = 29, 30, 31
 _MISSED = 3 << 30  # RB_MISSED_EVENTS | RB_MISSED_STORED, in a page's commit word
+_TIME = operator.itemgetter(0)  # an Event's time_ns
 
 
 class Event(NamedTuple):
@@ -177,25 +180,31 @@ class Tracer:
                 if not page:
                     break
                 self._parse_page(page, found)
-        found.sort(key=lambda e: e.time_ns)  # one CPU's events are in order; merge the CPUs'
+        found.sort(key=_TIME)  # one CPU's events are in order; merge the CPUs'
         return found
 
     def _parse_page(self, page: bytes, found: list) -> None:
         """The events of one ring-buffer page (kernel/trace/ring_buffer.c's layout).
 
-        One loop with everything it needs in locals: under emulation every Python call counts, and a
+        One loop with everything it needs in locals: under emulation every Python operation counts, and a
         tracer must keep up with the events of a busy process.
         """
         ts = int.from_bytes(page[0:8], "little")
         commit = int.from_bytes(page[self._commit:self._commit + 8], "little") & 0xFFFFFFFF & ~_MISSED
         end = min(self._data + commit, len(page))
         at = self._data
-        formats, unpack, comms, strings = self._formats, _HEADER.unpack_from, self._comms, self._strings
+        page += b"\0\0\0\0"  # a header's unpack also reads the two bytes after it, even at the page's end
+        formats, head, unpack, comms, strings = self._formats, _HEAD.unpack_from, _HEADER.unpack_from, \
+            self._comms, self._strings
         append, new = found.append, tuple.__new__  # Event(...) without its Python-level __new__
         while at + 4 <= end:
-            word, = unpack(page, at)
+            word, common_type = head(page, at)  # the header, and a small record's common_type after it
             type_len = word & 0x1F
-            if type_len > 28:
+            if 0 < type_len <= 28:  # a record of type_len words of data
+                ts += word >> 5
+                start = at + 4
+                at = start + (type_len << 2)
+            elif type_len:
                 if type_len == _PADDING:
                     if not word >> 5:
                         break  # the rest of the page is empty
@@ -205,13 +214,12 @@ class Tracer:
                 ts = ts + value if type_len == _TIME_EXTEND else (ts & ~((1 << 59) - 1)) | value
                 at += 8
                 continue
-            ts += word >> 5
-            if type_len:
-                start, at = at + 4, at + 4 + type_len * 4
-            else:
+            else:  # a long record: its length in the word after the header
+                ts += word >> 5
                 start = at + 8
                 at = start + unpack(page, at + 4)[0] - 4
-            fmt = formats.get(page[start] | page[start + 1] << 8)  # common_type
+                common_type = page[start] | page[start + 1] << 8
+            fmt = formats.get(common_type)
             if fmt is None:
                 continue
             kind, fields, i_pid, i_exp, i_size, i_ino, i_fd, i_dev = fmt
@@ -219,13 +227,17 @@ class Tracer:
             pid = raw[i_pid]
             comm = comms.get(pid) or self._comm(pid)
             loc = raw[i_exp]  # __data_loc: offset in the record (low 16 bits), length with its NUL (high 16)
-            name = page[start + (loc & 0xFFFF):start + (loc & 0xFFFF) + (loc >> 16) - 1]
+            name_at = start + (loc & 0xFFFF)
+            name = page[name_at:name_at + (loc >> 16) - 1]
             exp_name = strings.get(name) or strings.setdefault(name, name.decode(errors="replace"))
-            dev_name = None
-            if i_dev >= 0:
-                loc = raw[i_dev]
-                name = page[start + (loc & 0xFFFF):start + (loc & 0xFFFF) + (loc >> 16) - 1]
-                dev_name = strings.get(name) or strings.setdefault(name, name.decode(errors="replace"))
+            if i_dev < 0:
+                append(new(Event, (ts, pid, comm, kind, raw[i_ino], exp_name, raw[i_size],
+                                   None if i_fd < 0 else raw[i_fd], None)))
+                continue
+            loc = raw[i_dev]
+            name_at = start + (loc & 0xFFFF)
+            name = page[name_at:name_at + (loc >> 16) - 1]
+            dev_name = strings.get(name) or strings.setdefault(name, name.decode(errors="replace"))
             append(new(Event, (ts, pid, comm, kind, raw[i_ino], exp_name, raw[i_size],
                                None if i_fd < 0 else raw[i_fd], dev_name)))
 
