@@ -38,7 +38,6 @@ _END = _sync_args(_uapi.DMA_BUF_SYNC_END)
 _NO_ACCESS = "CPU access must include read, write or both"
 _poll = select.poll
 _new = ffi.new
-_buffer = ffi.buffer
 _object = object.__new__
 # Python 3.13+: the mapping keeps no duplicate of the fd (before, every mmap.mmap holds one while open).
 _NO_TRACKFD = {"trackfd": False} if sys.version_info >= (3, 13) else {}
@@ -314,11 +313,7 @@ class DmaBuf(FdObject):
         if fd < 0:
             raise self._closed_error()
         arg = _new(_EXPORT_ARG, (_WRITE if write else _READ, 0))
-        view = _buffer(arg)
-        try:
-            raw_ioctl(fd, _EXPORT, view)
-        except OSError as e:
-            ioctl_failed(e, fd, _EXPORT, view, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE", _EXPORT_FIXES)
+        ioctl(fd, _EXPORT, arg, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE", _EXPORT_FIXES)
         fence = _object(SyncFile)  # SyncFile._wrap(), inline: an fd-making path
         fence._fd = arg.fd
         return fence

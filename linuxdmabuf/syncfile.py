@@ -6,7 +6,7 @@ from collections import namedtuple
 
 from . import _uapi
 from ._fd import FdObject
-from ._sys import check_fd, check_int, check_timeout, encode_name, fd_target, ioctl, ioctl_failed, poll_fd, poll_fd_async, raw_ioctl
+from ._sys import check_fd, check_int, check_timeout, encode_name, fd_target, ioctl, poll_fd, poll_fd_async
 from ._uapi import ffi
 
 _FILE_INFO = _uapi.SYNC_IOC_FILE_INFO
@@ -19,7 +19,6 @@ _POLLIN = select.POLLIN
 _poll = select.poll
 _object = object.__new__
 _new = ffi.new
-_buffer = ffi.buffer
 _MERGED = "merged"  # merge()'s default name, recognised by identity: no encoding per call
 
 
@@ -156,11 +155,7 @@ class SyncFile(FdObject):
             if fd < 0 or fd2 < 0:
                 raise self._closed_error() if fd < 0 else others[0]._closed_error()
             data = _new(_MERGE_ARG, (b"merged" if name is _MERGED else encode_name(name, "sync_file name"), fd2))
-            view = _buffer(data)
-            try:
-                raw_ioctl(fd, _MERGE, view)
-            except OSError as e:
-                ioctl_failed(e, fd, _MERGE, view, "SYNC_IOC_MERGE", _MERGE_FIXES)
+            ioctl(fd, _MERGE, data, "SYNC_IOC_MERGE", _MERGE_FIXES)
             merged = _object(SyncFile)  # SyncFile._wrap(), inline: an fd-making path
             merged._fd = data.fence
             return merged

@@ -13,10 +13,8 @@ from ._sys import (
     check_int,
     fd_target,
     ioctl,
-    ioctl_failed,
     missing_device,
     os_error,
-    raw_ioctl,
 )
 from ._uapi import PAGE_SIZE, ffi
 from .dmabuf import DmaBuf
@@ -29,8 +27,6 @@ _CREATE_ARG = ffi.typeof("struct udmabuf_create *")
 _MEMFD = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
 _MEMFD_HUGETLB = _MEMFD | os.MFD_HUGETLB
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
-_object = object.__new__
-_buffer = ffi.buffer
 
 
 def _segment(memfd, offset, size) -> tuple:
@@ -102,21 +98,8 @@ class Udmabuf(FdObject):
 
     def _create_one(self, memfd: int, offset: int, size: int) -> DmaBuf:
         """UDMABUF_CREATE of checked arguments."""
-        fd = self._fd
-        if fd < 0:
-            raise self._closed_error()
         arg = ffi.new(_CREATE_ARG, (memfd, _uapi.UDMABUF_FLAGS_CLOEXEC, offset, size))
-        view = _buffer(arg)
-        try:
-            new = raw_ioctl(fd, _CREATE, view)
-        except OSError as e:
-            try:
-                new = ioctl_failed(e, fd, _CREATE, view, "UDMABUF_CREATE")
-            except OSError as e:
-                raise os_error(e.errno, "UDMABUF_CREATE", _diagnose(e.errno, [(memfd, offset, size)])) from None
-        buf = _object(DmaBuf)  # DmaBuf._wrap(), inline: an fd-making path
-        buf._fd = new
-        return buf
+        return self._create(_CREATE, arg, "UDMABUF_CREATE", [(memfd, offset, size)])
 
     def create_list(self, segments) -> DmaBuf:
         """UDMABUF_CREATE_LIST: one dma-buf of several (memfd, offset, size) segments, in order.
