@@ -8,6 +8,7 @@ second, multi-planar vivid instance exists too.
 """
 import errno
 import os
+import select
 import time
 
 import pytest
@@ -351,7 +352,9 @@ def test_dequeue_on_a_stopped_queue_and_other_misuse(vivid, dma_heap):
         assert info.value.errno == errno.EINVAL and "not streaming: start() it" in str(info.value)
         for call, error in [(lambda: vivid.queue(1), ValueError), (lambda: vivid.queue(-1), ValueError),
                             (lambda: vivid.queue("0"), TypeError), (lambda: vivid.use_buffers([b"x"]), TypeError),
-                            (lambda: vivid.dequeue(timeout=-1), ValueError), (lambda: vivid.export_buffers(0), ValueError)]:
+                            (lambda: vivid.dequeue(timeout=-1), ValueError), (lambda: vivid.export_buffers(0), ValueError),
+                            (lambda: vivid.dequeue(timeout=float("nan")), ValueError),
+                            (lambda: vivid.dequeue(timeout="1"), TypeError), (lambda: vivid.dequeue(timeout=True), TypeError)]:
             with pytest.raises(error):
                 call()
         with pytest.raises(OSError) as info:  # buffers of the queue are set: the format is fixed
@@ -359,6 +362,12 @@ def test_dequeue_on_a_stopped_queue_and_other_misuse(vivid, dma_heap):
         assert info.value.errno == errno.EBUSY
         vivid.queue(0)
         vivid.start()
+        ready = select.poll()
+        ready.register(vivid.fileno(), select.POLLIN)
+        assert ready.poll(10_000), "vivid filled no buffer within 10 s"
+        for bad, error in [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)]:
+            with pytest.raises(error):  # refused also with a finished buffer waiting, which stays queued
+                vivid.dequeue(timeout=bad)
         assert vivid.dequeue(timeout=10).buffer is buf
         assert vivid.dequeue(timeout=0) is None  # nothing queued: a time-out, not an error
         vivid.stop()
