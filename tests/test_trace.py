@@ -116,7 +116,14 @@ def test_the_cli_streams_and_summarizes_what_is_alive():
     script = ("import subprocess, sys, time\n"
               "p = subprocess.Popen([sys.executable, '-m', 'linuxdmabuf', 'trace', '--json', '--summary', "
               "'--pid', str(__import__('os').getpid()), '--duration', '8'], stdout=subprocess.PIPE, text=True)\n"
-              "time.sleep(4)\nimport linuxdmabuf\nh = linuxdmabuf.Heap('system')\nkeep = h.allocate(12288)\n"
+              # until the CLI's tracer has its events on (no fixed sleep: under load, starting takes seconds)
+              "import glob\nfrom linuxdmabuf.trace import tracefs_root\n"
+              "enable = f'{tracefs_root()}/instances/linuxdmabuf-{p.pid}-*/events/dma_buf/enable'\n"
+              "deadline = time.monotonic() + 120\n"
+              "while not any(open(f).read().strip() == '1' for f in glob.glob(enable)):\n"
+              "    assert time.monotonic() < deadline and p.poll() is None, 'the trace CLI did not start tracing'\n"
+              "    time.sleep(0.05)\n"
+              "import linuxdmabuf\nh = linuxdmabuf.Heap('system')\nkeep = h.allocate(12288)\n"
               "h.allocate(4096).close()\nout = p.communicate()[0]\nprint(out)\nprint('KEEP', keep.inode)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
