@@ -443,7 +443,7 @@ class VideoDevice(FdObject):
             raise ValueError(f"index {index} is not one of the {len(qargs)} buffers of the {queue} queue" if qargs
                              else f"no buffers on the {queue} queue: export_buffers() or use_buffers() first")
         arg, view, array, planes, fds = qargs[index]
-        if fds and tuple(map(_FD, planes)) != fds:
+        if fds and (planes[0]._fd != fds[0] or len(fds) > 1 and tuple(map(_FD, planes)) != fds):  # 1 plane: 1 test
             raise ValueError(f"buffer {index} of the {queue} queue was closed after use_buffers(); "
                              "give use_buffers() open DmaBufs again")
         if bytesused is not None and q.name == "output":
