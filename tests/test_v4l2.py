@@ -250,6 +250,10 @@ def test_multiplanar_vivid_exports_and_imports_one_buffer_per_plane(vivid_mplane
             assert np.array_equal(y[-8], reference[0]) and np.array_equal(uv[-4], reference[1])
         with pytest.raises(TypeError, match="a tuple of 2 DmaBufs"):
             vivid_mplane.use_buffers([mine[0][0]])
+        mine[1][1].close()  # one plane of buffer 1 closed after use_buffers(): that buffer is refused
+        vivid_mplane.queue(0)
+        with pytest.raises(ValueError, match="buffer 1 of the capture queue was closed after use_buffers"):
+            vivid_mplane.queue(1)
     finally:
         vivid_mplane.use_buffers([])
         for planes in mine:
@@ -339,6 +343,21 @@ def test_a_buffer_too_small_for_the_format_names_the_size_it_needs(vivid, dma_he
         assert info.value.errno == errno.EINVAL
         assert f"4096-byte dma-buf; the format needs {fmt.planes[0].sizeimage} bytes" in str(info.value)
         vivid.use_buffers([])
+
+
+def test_a_buffer_closed_after_use_buffers_is_refused_even_if_its_fd_number_is_reused(vivid, dma_heap):
+    fmt = vivid.set_format(W, H, "YUYV")
+    buf = dma_heap.allocate(fmt.planes[0].sizeimage)
+    number = buf.fileno()
+    vivid.use_buffers([buf])
+    buf.close()
+    with dma_heap.allocate(fmt.planes[0].sizeimage) as other:
+        assert other.fileno() == number  # the lowest free fd: the old number is another file now
+        with pytest.raises(ValueError, match="buffer 0 of the capture queue was closed after use_buffers"):
+            vivid.queue(0)
+        vivid.use_buffers([other])
+        vivid.queue(0)  # the open buffer given again is taken
+    vivid.use_buffers([])
 
 
 def test_dequeue_on_a_stopped_queue_and_other_misuse(vivid, dma_heap):
