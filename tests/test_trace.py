@@ -87,8 +87,10 @@ def test_two_tracers_use_instances_of_their_own_not_the_global_buffer(traced):
     assert everything.path != mine.path and os.path.isdir(mine.path) and os.path.isdir(everything.path)
     with open(os.path.join(root, "events", "dma_buf", "enable")) as f:
         assert f.read().strip() == "0"  # the global buffer's events stay off
-    with open(os.path.join(mine.path, "events", "dma_buf", "dma_buf_export", "filter")) as f:  # the kernel's
-        assert f"common_pid == {traced[2].pid}" in f.read()
+    with open(os.path.join(mine.path, "set_event_pid")) as f:  # the kernel filters by pid
+        assert f.read().split() == [str(traced[2].pid)]
+    with open(os.path.join(everything.path, "set_event_pid")) as f:
+        assert f.read().split() == []
     path = mine.path
     mine.close()
     mine.close()
