@@ -2,18 +2,16 @@
  * operation, timed in a loop. Compiled on the spot by tools/bench (cc -O2).
  *
  *   bench OP ITERATIONS     prints the mean nanoseconds per operation
- *   bench kms_commit ITERATIONS FD FENCE_OBJ FENCE_PROP PACE_US AWAKE OBJ:PROP:VALUE...
+ *   bench kms_commit ITERATIONS FD FENCE_OBJ FENCE_PROP PACE_US OBJ:PROP:VALUE...
  *                           non-blocking atomic commits of those properties plus the
  *                           out-fence pointer (FENCE_PROP of object FENCE_OBJ: the CRTC's
  *                           or the writeback connector's) on the display fd FD (inherited), each
- *                           waited for, then PACE_US microseconds of pause (not timed);
- *                           with AWAKE 1 the wait and the pause spin instead of sleeping;
+ *                           waited for, then PACE_US microseconds of sleep (not timed);
  *                           prints "commit_ns frame_ns" per commit
- *   bench v4l2_pair ITERATIONS FD BUFFERS AWAKE
+ *   bench v4l2_pair ITERATIONS FD BUFFERS
  *                           VIDIOC_DQBUF + VIDIOC_QBUF pairs on the streaming video
  *                           capture queue of fd FD (inherited from tools/bench), BUFFERS
- *                           at a time once the device has filled them all (waited for
- *                           by sleeping, or with AWAKE 1 by spinning)
+ *                           at a time once the device has filled them all
  *
  * Needs /dev/dma_heap/system and /dev/udmabuf (and nothing else).
  */
@@ -114,14 +112,13 @@ static int all_done(int fd, int buffers)
 }
 
 /* Every BUFFERS pairs, wait (untimed) until the device filled them all, then time the pairs alone. */
-static double v4l2_pairs(int fd, long n, int buffers, int awake)
+static double v4l2_pairs(int fd, long n, int buffers)
 {
 	struct v4l2_buffer b = { .type = V4L2_BUF_TYPE_VIDEO_CAPTURE, .memory = V4L2_MEMORY_DMABUF };
 	long long timed = 0;
 	for (long done = 0; done < n; done += buffers) {
 		while (!all_done(fd, buffers))
-			if (!awake)
-				usleep(20000);
+			usleep(20000);
 		long long start = now_ns();
 		for (int i = 0; i < buffers; i++) {
 			if (ioctl(fd, VIDIOC_DQBUF, &b) < 0)
@@ -136,8 +133,7 @@ static double v4l2_pairs(int fd, long n, int buffers, int awake)
 }
 
 /* N commits of the given (object, property, value) triples and an out-fence pointer; each waited for. */
-static void kms_commits(long n, int fd, __u32 crtc, __u32 out_prop, long pace_us, int awake, int count,
-			char **triples)
+static void kms_commits(long n, int fd, __u32 crtc, __u32 out_prop, long pace_us, int count, char **triples)
 {
 	__u32 objs[16], counts[16], props[32];
 	__u64 values[32];
@@ -168,39 +164,26 @@ static void kms_commits(long n, int fd, __u32 crtc, __u32 out_prop, long pace_us
 		if (ioctl(fd, DRM_IOCTL_MODE_ATOMIC, &atomic) < 0)
 			die("DRM_IOCTL_MODE_ATOMIC");
 		committing += now_ns() - t;
-		int signaled = 0;
-		if (awake) {
-			while (!(signaled = wait_fd(fence, POLLIN, 0) == 1) && now_ns() - t < 20000000000LL)
-				;
-		} else {
-			signaled = wait_fd(fence, POLLIN, 20000) == 1;
-		}
-		if (!signaled) {
+		if (wait_fd(fence, POLLIN, 20000) != 1) {
 			fprintf(stderr, "the out-fence did not signal within 20 s\n");
 			exit(1);
 		}
 		framing += now_ns() - t;
 		close(fence);
-		if (pace_us && awake) {
-			long long end = now_ns() + pace_us * 1000LL;
-			while (now_ns() < end)
-				;
-		} else if (pace_us) {
+		if (pace_us)
 			usleep(pace_us);
-		}
 	}
 	printf("%.1f %.1f\n", (double)committing / n, (double)framing / n);
 }
 
 int main(int argc, char **argv)
 {
-	if (argc >= 8 && !strcmp(argv[1], "kms_commit")) {
-		kms_commits(atol(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atol(argv[6]), atoi(argv[7]),
-			    argc - 8, argv + 8);
+	if (argc >= 7 && !strcmp(argv[1], "kms_commit")) {
+		kms_commits(atol(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atol(argv[6]), argc - 7, argv + 7);
 		return 0;
 	}
-	if (argc == 6 && !strcmp(argv[1], "v4l2_pair")) {
-		printf("%.1f\n", v4l2_pairs(atoi(argv[3]), atol(argv[2]), atoi(argv[4]), atoi(argv[5])));
+	if (argc == 5 && !strcmp(argv[1], "v4l2_pair")) {
+		printf("%.1f\n", v4l2_pairs(atoi(argv[3]), atol(argv[2]), atoi(argv[4])));
 		return 0;
 	}
 	if (argc != 3) {
