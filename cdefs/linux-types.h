@@ -6,3 +6,4 @@ typedef uint16_t __u16;
 typedef uint32_t __u32;
 typedef int32_t __s32;
 typedef uint64_t __u64;
+typedef int64_t __s64;

@@ -56,6 +56,17 @@ _ENV_SKIP = {"PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "DISPLAY", "WAYLAND_DISP
 # initramfs, which mounts it without them.
 ROOT_9P_FLAGS = "rootflags=version=9p2000.L,trans=virtio,access=any,msize=524288,cache=loose"
 
+# An emulated guest on a busy host sees its timer interrupts late: x86 kernels
+# then conclude at boot that the IO-APIC timer is not connected and panic
+# ("IO-APIC + timer doesn't work!"). no_timer_check skips that check (its
+# only purpose is broken hardware, which an emulated PC does not have).
+BOOT_UNDER_LOAD = "no_timer_check"
+
+# Every guest gets a virtio-gpu device (no virgl, no blob resources): a DRM
+# driver with sync objects and timelines (DRM_CAP_SYNCOBJ_TIMELINE; vgem and
+# vkms have neither) and a second KMS card, one without writeback.
+QEMU_DEVICES = "-device virtio-gpu-pci"
+
 
 class Terminated(SystemExit):
     """SIGTERM or SIGHUP arrived while a VM ran: it was stopped. Exits with 128 + the signal's number."""
@@ -233,7 +244,7 @@ def _guest_script(outdir: str, cmd: list, cwd: str, env: dict, user: str | None,
         'exec >"$out/stdout" 2>"$out/stderr" </dev/null',
         'uname -r >"$out/release"',
         ': >"$out/started"',  # booted: from here on, a failure is the command's, not the kernel's
-        # Debian's stock kernels build udmabuf, vgem and vivid as modules; the
+        # Debian's stock kernels build udmabuf, vgem, vivid and virtio_gpu as modules; the
         # full kernel has no modules (and no modules.dep): nothing to load.
         'if [ -e "/lib/modules/$(uname -r)/modules.dep" ]; then',
         f"  for m in {' '.join(MODULES)}; do",
@@ -310,7 +321,7 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
     the filesystem is read-only there). `append` adds kernel command-line
     arguments, and so does $LINUXDMABUF_VM_APPEND (for every VM of this
     runner: the test command, ``linuxdmabuf vm``, the pytest plugin). Where
-    the kernel has modules, the guest loads udmabuf, vgem and vivid first
+    the kernel has modules, the guest loads udmabuf, vgem, vivid and virtio_gpu first
     (a failure is reported on the command's stderr). Directories on the way to `cwd` and to the command are made
     traversable by every user inside the VM (a guest-only change, so that
     unprivileged users can run the same venv). Inside, $LINUXDMABUF_IN_VM is
@@ -363,7 +374,8 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
                                _guest_script(outdir, cmd, cwd, env, user, opened, kernel.spec))
         argv = [vng, "--run", kernel.image, "--cpus", str(cpus), "--memory", str(memory), "--verbose",
                 "--qemu", qemu, "--cwd", cwd, "--rwdir", outdir, "--exec", f"sh {shlex.quote(script)}",
-                "--force-9p", "--append", ROOT_9P_FLAGS]
+                "--force-9p", "--append", ROOT_9P_FLAGS, "--append", BOOT_UNDER_LOAD,
+                f"--qemu-opts={QEMU_DEVICES}"]
         if accel == "tcg":
             # One host thread runs all vCPUs: with a thread per vCPU, guests crash when the kernel
             # patches its own code while another vCPU runs it (enabling trace events, 200 toggles

@@ -56,7 +56,7 @@ EXPECTED = {
 # Modules the runner loads in every guest whose kernel has modules (a kernel
 # with them built in, or without them, is left as it is; a failure is
 # reported on the command's stderr).
-MODULES = ("udmabuf", "vgem", "vivid")
+MODULES = ("udmabuf", "vgem", "vivid", "virtio_gpu")
 
 
 class KernelError(Exception):
