@@ -6,7 +6,8 @@ fence (same inode, same implicit fences, same pages):
 
 - over a UNIX socket, SCM_RIGHTS: :func:`send` and :func:`recv` (this module,
   on ``socket.sendmsg``/``recvmsg``, interoperable with any C peer using
-  SCM_RIGHTS);
+  SCM_RIGHTS); DRM sync objects (``syncobj.Timeline``, ``Syncobj``) travel
+  as their own fd, a handle again on the receiver's side (``kinds=``);
 - taken from another process without its help: ``DmaBuf.from_pid(pid, fd)``
   (pidfd_getfd, ptrace rules apply);
 - through :mod:`multiprocessing`: after :func:`register_multiprocessing`,
@@ -49,18 +50,33 @@ def send(sock: socket.socket, *objs: FdObject, data=b"\0") -> int:
     not be empty there: it defaults to one NUL byte. The rest of a long
     `data` that one sendmsg did not take is sent after it.
     """
+    from .syncobj import _Handle
+
     _check_unix_socket(sock)
     for obj in objs:
-        if not isinstance(obj, FdObject):
-            raise TypeError(f"can only send linuxdmabuf objects (DmaBuf, SyncFile...), not {type(obj).__name__}; "
-                            "send raw fds with socket.send_fds")
+        if not isinstance(obj, (FdObject, _Handle)):
+            raise TypeError(f"can only send linuxdmabuf objects (DmaBuf, SyncFile, syncobj.Timeline...), not "
+                            f"{type(obj).__name__}; send raw fds with socket.send_fds")
     if len(objs) > SCM_MAX_FD:
         raise ValueError(f"one message carries at most {SCM_MAX_FD} fds (SCM_MAX_FD), not {len(objs)}")
     view = memoryview(data).cast("B")
     if objs and not len(view) and sock.type == socket.SOCK_STREAM:
         raise ValueError("a stream socket drops fds sent with no data: send at least one byte (the default is b'\\0')")
-    fds = [obj.fileno() for obj in objs]  # ValueError for a closed object, before anything is sent
-    sent = socket.send_fds(sock, [view], fds) if fds else sock.send(view)
+    for obj in objs:  # ValueError for a closed object, before anything is made or sent
+        obj.fileno() if isinstance(obj, FdObject) else obj.handle
+    exported: list[int] = []  # a sync object travels as its own fd (DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD), made for the message
+    try:
+        fds = []
+        for obj in objs:
+            if isinstance(obj, FdObject):
+                fds.append(obj.fileno())
+            else:
+                exported.append(obj.export())
+                fds.append(exported[-1])
+        sent = socket.send_fds(sock, [view], fds) if fds else sock.send(view)
+    finally:
+        for fd in exported:
+            os.close(fd)
     if sent < len(view):
         sock.sendall(view[sent:])
     return len(view)
@@ -86,9 +102,11 @@ def recv(sock: socket.socket, *, maxfds: int = 16, bufsize: int = 4096, kinds=(D
         raise ValueError(f"maxfds must be within 1..{SCM_MAX_FD} (SCM_MAX_FD), not {maxfds}")
     if bufsize < 1:
         raise ValueError(f"bufsize must be positive, not {bufsize}")
+    from .syncobj import _Handle
+
     kinds = tuple(kinds)
-    if not kinds or not all(isinstance(k, type) and issubclass(k, FdObject) for k in kinds):
-        raise TypeError("kinds must be linuxdmabuf classes, e.g. (DmaBuf, SyncFile)")
+    if not kinds or not all(isinstance(k, type) and issubclass(k, (FdObject, _Handle)) for k in kinds):
+        raise TypeError("kinds must be linuxdmabuf classes, e.g. (DmaBuf, SyncFile) or (syncobj.Timeline,)")
 
     # CMSG_LEN, not CMSG_SPACE: the space's padding to 8 bytes would have room for one fd more
     # than maxfds, which the kernel would fill (as socket.recv_fds does it).
@@ -118,13 +136,18 @@ def recv(sock: socket.socket, *, maxfds: int = 16, bufsize: int = 4096, kinds=(D
     return data, objects
 
 
-def _adopt(fd: int, kinds: tuple) -> FdObject:
-    """The first of `kinds` that `fd` is; ValueError (fd left open) if none."""
+def _adopt(fd: int, kinds: tuple):
+    """The first of `kinds` that `fd` is; ValueError (fd left open) if none. A sync object's fd becomes
+    a handle on a DRM device of this process (``fromfd()``, which opens one) and is closed."""
     for kind in kinds:
         try:
-            return kind(fd)
+            if issubclass(kind, FdObject):
+                return kind(fd)
+            obj = kind.fromfd(fd)
         except ValueError:
             continue
+        os.close(fd)
+        return obj
     from ._sys import fd_target
 
     names = " or ".join(k.__name__ for k in kinds)

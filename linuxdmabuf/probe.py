@@ -4,8 +4,9 @@ A feature is a string: ``udmabuf``, ``dma_heap`` (any heap), ``heap:NAME``,
 ``cma_heap`` (any CMA heap), ``cma_heap:NAME``, ``sw_sync``, ``drm:DRIVER``
 (a DRM card of that driver: ``drm:vgem``, ``drm:vkms``), ``v4l2:DRIVER`` (a
 video node of that driver: ``v4l2:vivid``, ``v4l2:vim2m``...),
-``debugfs:bufinfo`` (<debugfs>/dma_buf/bufinfo) and ``trace:dma_buf`` (the
-dma_buf trace events of Linux 7.0+).
+``debugfs:bufinfo`` (<debugfs>/dma_buf/bufinfo), ``trace:dma_buf`` (the
+dma_buf trace events of Linux 7.0+) and ``syncobj`` (a DRM device with sync
+objects; ``syncobj:timeline`` with timelines).
 
 :func:`missing` answers None when the feature is there and usable, else a
 :class:`Missing` saying why: either the kernel lacks it (with the kernel
@@ -33,6 +34,8 @@ FEATURES = {
     "v4l2": "a video node of the {arg} driver (CONFIG_VIDEO_{ARG}; `modprobe {arg}` where it is a module)",
     "debugfs": "<debugfs>/dma_buf/{arg} (CONFIG_DEBUG_FS, debugfs mounted, root)",
     "trace": "the {arg} trace events in tracefs (Linux 7.0+, CONFIG_TRACING; tracefs mounted, root)",
+    "syncobj": "a DRM device with sync object{arg}s (DRM_CAP_SYNCOBJ{ARG}: virtio_gpu, i915, xe, amdgpu, msm, "
+               "panfrost...; in a QEMU guest -device virtio-gpu-pci and CONFIG_DRM_VIRTIO_GPU)",
 }
 
 
@@ -53,6 +56,10 @@ def describe(feature: str) -> str:
     text = FEATURES.get(kind)
     if text is None:
         raise ValueError(f"unknown feature {feature!r}: one of {', '.join(sorted(FEATURES))} (some as KIND:NAME)")
+    if kind == "syncobj":
+        if arg not in ("", "timeline"):
+            raise ValueError(f"unknown feature {feature!r}: syncobj or syncobj:timeline")
+        return text.format(arg=" timeline" if arg else "", ARG="_TIMELINE" if arg else "")
     return text.format(arg=arg, ARG=arg.upper(), named=f" named {arg}" if arg else "")
 
 
@@ -207,7 +214,20 @@ def _trace(system):
     return "tracefs is not mounted (mount -t tracefs none /sys/kernel/tracing)"
 
 
+def _syncobj(kind):
+    from .syncobj import find_device
+
+    describe(f"syncobj:{kind}" if kind else "syncobj")  # ValueError for another name
+    try:
+        find_device(timeline=bool(kind)).close()
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            return e.strerror
+        raise
+    return None
+
+
 _PROBES = {"udmabuf": _udmabuf, "dma_heap": _dma_heap, "heap": _heap, "cma_heap": _cma_heap, "sw_sync": _sw_sync,
-           "drm": _drm, "v4l2": _v4l2, "debugfs": _debugfs, "trace": _trace}
+           "drm": _drm, "v4l2": _v4l2, "debugfs": _debugfs, "trace": _trace, "syncobj": _syncobj}
 _NEEDS_ARG = {"heap", "drm", "v4l2", "debugfs", "trace"}
 _NO_ARG = {"udmabuf", "dma_heap", "sw_sync"}

@@ -360,7 +360,7 @@ def _kernel_fds() -> dict:
             target = os.readlink(f"/proc/self/fd/{name}")
         except OSError:
             continue
-        if target.startswith("/dmabuf:") or target == "anon_inode:sync_file":
+        if target.startswith("/dmabuf:") or target in ("anon_inode:sync_file", "anon_inode:syncobj_file"):
             found[int(name)] = target
     return found
 

@@ -32,6 +32,21 @@ def test_denied_device_names_path_and_fix(open_device, path):
     assert path in str(info.value) and "udmabuf-setup.sh" in str(info.value)
 
 
+@pytest.mark.unprivileged
+def test_denied_drm_nodes_name_the_groups_for_sync_objects():
+    if os.getuid() == 0:
+        pytest.skip("runs as an unprivileged user (tools/run-tests runs it as nobody)")
+    nodes = [os.path.join("/dev/dri", n) for n in os.listdir("/dev/dri")] if os.path.isdir("/dev/dri") else []
+    if not nodes or any(os.access(p, os.R_OK | os.W_OK) for p in nodes):
+        need("syncobj:timeline")  # no node at all fails where the kernel must have one
+        pytest.skip(f"uid {os.getuid()} may open a DRM node here (granted by this machine's set-up)")
+    from linuxdmabuf.syncobj import Timeline
+
+    with pytest.raises(PermissionError, match="could not open /dev/dri/.*group video .*render") as info:
+        Timeline()
+    assert info.value.errno == errno.EACCES
+
+
 GROUP_PROBE = "import linuxdmabuf; linuxdmabuf.Udmabuf().allocate(4096).close(); print('ok')"
 
 

@@ -44,13 +44,16 @@ SPECS = ("full", *DEBIAN)
 # skipping; tools/run-tests prints per kernel what was expected and what is
 # missing. The full kernel is ../shared/kernels' (or one built from
 # dmabuf.config, which registers its CMA area twice, as these two names);
-# Debian's have udmabuf and the system heap built in, vgem and vivid as
-# modules (the runner loads them), the dma_buf trace events from 7.0 on.
+# Debian's have udmabuf and the system heap built in, vgem, vivid and
+# virtio_gpu as modules (the runner loads them), the dma_buf trace events
+# from 7.0 on. Every guest has a virtio-gpu device: sync object timelines.
 EXPECTED = {
     "full": ("udmabuf", "heap:system", "cma_heap:default_cma_region", "cma_heap:reserved", "sw_sync", "drm:vgem",
-             "drm:vkms", "v4l2:vivid", "v4l2:vim2m", "v4l2:vicodec", "debugfs:bufinfo", "trace:dma_buf"),
-    "debian-7.2": ("udmabuf", "heap:system", "drm:vgem", "v4l2:vivid", "trace:dma_buf"),
-    "debian-6.12": ("udmabuf", "heap:system", "drm:vgem", "v4l2:vivid"),
+             "drm:vkms", "drm:virtio_gpu", "syncobj:timeline", "v4l2:vivid", "v4l2:vim2m", "v4l2:vicodec",
+             "debugfs:bufinfo", "trace:dma_buf"),
+    "debian-7.2": ("udmabuf", "heap:system", "drm:vgem", "drm:virtio_gpu", "syncobj:timeline", "v4l2:vivid",
+                   "trace:dma_buf"),
+    "debian-6.12": ("udmabuf", "heap:system", "drm:vgem", "drm:virtio_gpu", "syncobj:timeline", "v4l2:vivid"),
 }
 
 # Modules the runner loads in every guest whose kernel has modules (a kernel
