@@ -271,20 +271,51 @@ class _Handle:
     def _import(self, fence, point: int, what: str) -> None:
         if not isinstance(fence, SyncFile):
             raise TypeError(f"fence must be a linuxdmabuf.SyncFile, not {type(fence).__name__}")
+        if point and not _point_flags[0]:
+            return self._import_through_binary(fence, point)
         arg = _new("struct drm_syncobj_handle *")
         arg.handle = self.handle
         arg.fd = fence.fileno()
         arg.flags = _IMPORT | (_AT_POINT if point else 0)
         arg.point = point
-        ioctl(self.device.fileno(), _uapi.DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE, arg, what)
+        try:
+            ioctl(self.device.fileno(), _uapi.DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE, arg, what)
+        except OSError as e:
+            if not point or e.errno != errno.EINVAL:
+                raise
+            self._import_through_binary(fence, point)  # a kernel without the TIMELINE flag
+            _point_flags[0] = False
 
-    def _export(self, point: int, what: str, fix: str) -> SyncFile:
+    def _import_through_binary(self, fence: SyncFile, point: int) -> None:
+        """A sync_file at a point where the kernel has no FD_TO_HANDLE TIMELINE flag: into a binary
+        syncobj, then DRM_IOCTL_SYNCOBJ_TRANSFER to the point (what libdrm users did before it)."""
+        with Syncobj(self.device) as binary:
+            binary.import_sync_file(fence)
+            _transfer(self.device, binary.handle, 0, self.handle, point, "")
+
+    def _export(self, point: int, what: str) -> SyncFile:
+        if point and not _point_flags[0]:
+            return self._export_through_binary(point)
         arg = _new("struct drm_syncobj_handle *")
         arg.handle = self.handle
         arg.flags = _EXPORT | (_AT_POINT if point else 0)
         arg.point = point
-        ioctl(self.device.fileno(), _uapi.DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD, arg, what, {errno.EINVAL: fix})
+        try:
+            ioctl(self.device.fileno(), _uapi.DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD, arg, what)
+        except OSError as e:
+            if not point or e.errno != errno.EINVAL:
+                raise
+            # EINVAL: nothing at that point, or a kernel without the HANDLE_TO_FD TIMELINE flag;
+            # the transfer tells which (it raises in the first case).
+            fence = self._export_through_binary(point)
+            _point_flags[0] = False
+            return fence
         return SyncFile._wrap(arg.fd)
+
+    def _export_through_binary(self, point: int) -> SyncFile:
+        with Syncobj(self.device) as binary:
+            _transfer(self.device, self.handle, point, binary.handle, 0, "")
+            return binary.export_sync_file()
 
     def _poll(self, point: int) -> bool:
         raise NotImplementedError
@@ -307,6 +338,23 @@ class _Handle:
             return await poll_fd_async(event, select.POLLIN, timeout)
         finally:
             os.close(event)  # (the kernel keeps its own reference until the point signals or the handle goes)
+
+
+# Whether this kernel takes DRM_SYNCOBJ_{FD_TO_HANDLE,HANDLE_TO_FD}_FLAGS_TIMELINE (7.2 does, 6.12 not):
+# learned at the first refusal; without them a point's sync_file goes through a binary syncobj.
+_point_flags = [True]
+
+
+def _transfer(device: DrmDevice, src: int, src_point: int, dst: int, dst_point: int, fix: str) -> None:
+    """DRM_IOCTL_SYNCOBJ_TRANSFER: the fence at `src`'s `src_point` (0: a binary syncobj's) becomes
+    `dst`'s `dst_point` (0: `dst`'s fence). EINVAL if nothing was submitted at or beyond `src_point`."""
+    arg = _new("struct drm_syncobj_transfer *")
+    arg.src_handle = src
+    arg.src_point = src_point
+    arg.dst_handle = dst
+    arg.dst_point = dst_point
+    ioctl(device.fileno(), _uapi.DRM_IOCTL_SYNCOBJ_TRANSFER, arg, f"DRM_IOCTL_SYNCOBJ_TRANSFER(point {src_point})",
+          {errno.EINVAL: fix})
 
 
 def _destroy(device: DrmDevice, handle: int) -> None:
@@ -410,9 +458,14 @@ class Timeline(_Handle):
         """DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD with EXPORT_SYNC_FILE | TIMELINE: the fence at `point` as a
         SyncFile (signaled if the point has). EINVAL if nothing was submitted at or beyond `point`."""
         point = _check_point(point)
-        return self._export(point, f"DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD(EXPORT_SYNC_FILE, point {point})",
-                            f"nothing was submitted at point {point} or beyond (last submitted: "
-                            f"{self.last_submitted}): signal() or import_sync_file() it first")
+        what = f"DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD(EXPORT_SYNC_FILE, point {point})"
+        try:
+            return self._export(point, what)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            raise os_error(e.errno, what, f"nothing was submitted at point {point} or beyond (last submitted: "
+                                          f"{self.last_submitted}): signal() or import_sync_file() it first") from None
 
     def transfer(self, point: int, to: "Timeline | Syncobj", to_point: int | None = None) -> None:
         """DRM_IOCTL_SYNCOBJ_TRANSFER: the fence at `point` becomes `to`'s `to_point` (`to` a Timeline),
@@ -430,13 +483,8 @@ class Timeline(_Handle):
         if to.device is not self.device:
             raise ValueError("`to` is on another DRM file (handles are per open DRM device): create both on one "
                              "DrmDevice, or move it there with Timeline.fromfd(to.export(), device)")
-        arg = _new("struct drm_syncobj_transfer *")
-        arg.src_handle = self.handle
-        arg.src_point = point
-        arg.dst_handle = to.handle
-        arg.dst_point = to_point or 0
-        ioctl(self.device.fileno(), _uapi.DRM_IOCTL_SYNCOBJ_TRANSFER, arg, f"DRM_IOCTL_SYNCOBJ_TRANSFER(point {point})",
-              {errno.EINVAL: f"nothing was submitted at point {point} or beyond"})
+        _transfer(self.device, self.handle, point, to.handle, to_point or 0,
+                  f"nothing was submitted at point {point} or beyond")
 
 
 class Syncobj(_Handle):
@@ -497,5 +545,10 @@ class Syncobj(_Handle):
 
     def export_sync_file(self) -> SyncFile:
         """DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD with EXPORT_SYNC_FILE: the fence as a SyncFile. EINVAL if empty."""
-        return self._export(0, "DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD(EXPORT_SYNC_FILE)",
-                            "the syncobj holds no fence: signal() or import_sync_file() first")
+        what = "DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD(EXPORT_SYNC_FILE)"
+        try:
+            return self._export(0, what)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            raise os_error(e.errno, what, "the syncobj holds no fence: signal() or import_sync_file() first") from None

@@ -113,6 +113,27 @@ def test_info_as_root_reports_every_provider(capsys):
         assert re.search(rf"^  {re.escape(heap)} +c", text.stdout, re.M)
 
 
+def test_info_lists_drm_devices_with_prime_and_syncobj_caps(capsys):
+    """The oracle: each driver's capabilities as the kernel spec declares them (virtio_gpu has timelines,
+    vgem and vkms none), and the drivers the probe finds."""
+    if os.geteuid() != 0:
+        pytest.skip("runs as root")
+    need("drm:vgem")
+    assert info.main(["--json"]) == 0
+    nodes = json.loads(capsys.readouterr().out)["drm"]
+    assert {n["path"] for n in nodes} == {os.path.join("/dev/dri", n) for n in os.listdir("/dev/dri")
+                                          if n.startswith(("card", "renderD"))}
+    by_driver = {n["driver"]: n for n in nodes}
+    assert by_driver["vgem"]["prime_import"] and by_driver["vgem"]["prime_export"]
+    assert not by_driver["vgem"]["syncobj"] and not by_driver["vgem"]["syncobj_timeline"]
+    if has("syncobj:timeline"):
+        assert by_driver["virtio_gpu"]["syncobj"] and by_driver["virtio_gpu"]["syncobj_timeline"]
+    if has("drm:vkms"):
+        assert not by_driver["vkms"]["syncobj"]
+    text = _info().stdout
+    assert re.search(r"^  /dev/dri/card\d+  vgem +PRIME import: yes export: yes  syncobj: no timeline: no$", text, re.M)
+
+
 @pytest.mark.kernel
 def test_info_sees_a_group_grant_and_a_stale_login_session():
     """udmabuf-setup.sh's effect done by hand: /dev/udmabuf root:video 0660. nobody outside the group is told

@@ -92,6 +92,16 @@ def test_kms_writeback(tmp_path):
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and b"IHDR" in data[:16] and len(data) > 1000
 
 
+def test_explicit_sync():
+    pytest.importorskip("numpy")
+    for feature in ("drm:vkms", "sw_sync", "heap:system", "syncobj:timeline"):
+        need(feature)
+    out = run_example("explicit_sync.py")
+    assert out.count("held the flip: True") == 6 and "buffer 0 released (point 4)" in out
+    assert "acquire timeline at 6, release timeline at 5" in out
+    assert "writeback of the last frame: 0 of 786432 pixels differ from frame 6" in out
+
+
 def test_vgem_prime():
     need_a_provider()
     need("drm:vgem")

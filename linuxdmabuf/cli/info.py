@@ -279,6 +279,12 @@ def collect() -> dict:
                           "for tests only: its fences are signaled from userspace")
             fix(f"no sw_sync: {e.strerror}", remedy)
 
+    drm = _drm_nodes()
+    if drm and not any(n.get("syncobj_timeline") for n in drm) and not any(n.get("denied") for n in drm):
+        fix("no DRM device with sync object timelines (linuxdmabuf.syncobj)",
+            "a driver with DRM_CAP_SYNCOBJ_TIMELINE: virtio_gpu (QEMU: -device virtio-gpu-pci), i915, xe, amdgpu, "
+            "msm, panfrost...; vgem and vkms have none")
+
     features = linuxdmabuf.features()
     providers = [h["name"] for h in heaps if h["can_allocate"]] + (["udmabuf"] if udmabuf.get("can_allocate") else [])
     if providers and not features["export_sync_file"]:
@@ -295,11 +301,40 @@ def collect() -> dict:
         "udmabuf": udmabuf,
         "sw_sync": sw_sync,
         "debugfs": debugfs,
+        "drm": drm,
         "features": features,
         "can_allocate": bool(providers),
         "providers": providers,
         "fixes": fixes,
     }
+
+
+def _drm_nodes() -> list:
+    """Each /dev/dri node: its driver, PRIME import/export (DRM_CAP_PRIME) and sync objects (DRM_CAP_SYNCOBJ,
+    DRM_CAP_SYNCOBJ_TIMELINE), as DRM_IOCTL_VERSION and DRM_IOCTL_GET_CAP answer them."""
+    import glob
+
+    from linuxdmabuf import _uapi
+    from linuxdmabuf.drm import DrmDevice, _node_number
+    from linuxdmabuf.syncobj import _cap
+
+    nodes = []
+    for path in sorted(glob.glob("/dev/dri/card*"), key=_node_number) + \
+            sorted(glob.glob("/dev/dri/renderD*"), key=_node_number):
+        node: dict = {"path": path, "driver": None, "denied": False, "error": None}
+        try:
+            with DrmDevice(path) as device:
+                prime = _cap(device, _uapi.DRM_CAP_PRIME)
+                node.update(driver=device.driver, prime_import=bool(prime & _uapi.DRM_PRIME_CAP_IMPORT),
+                            prime_export=bool(prime & _uapi.DRM_PRIME_CAP_EXPORT),
+                            syncobj=bool(_cap(device, _uapi.DRM_CAP_SYNCOBJ)),
+                            syncobj_timeline=bool(_cap(device, _uapi.DRM_CAP_SYNCOBJ_TIMELINE)))
+        except PermissionError as e:
+            node.update(denied=True, error=e.strerror)
+        except OSError as e:
+            node["error"] = e.strerror
+        nodes.append(node)
+    return nodes
 
 
 def _meminfo(key: str) -> int | None:
@@ -350,6 +385,16 @@ def print_text(doc: dict, out=None) -> None:
         say(f"debugfs: mounted at {d['mounted']}; dma_buf/bufinfo readable by this user: {_yes(d['bufinfo_readable'])}")
     else:
         say("debugfs: not mounted")
+    if doc["drm"]:
+        say("DRM devices:")
+        for n in doc["drm"]:
+            if n["driver"] is None:
+                say(f"  {n['path']}  {'denied' if n['denied'] else 'error'}: {n['error']}")
+            else:
+                say(f"  {n['path']}  {n['driver']:<10}  PRIME import: {_yes(n['prime_import'])} export: "
+                    f"{_yes(n['prime_export'])}  syncobj: {_yes(n['syncobj'])} timeline: {_yes(n['syncobj_timeline'])}")
+    else:
+        say("DRM devices: none (/dev/dri is empty or missing)")
     say("features: " + " ".join(f"{k}={_yes(v)}" for k, v in doc["features"].items()))
     say()
     if doc["can_allocate"]:
