@@ -234,7 +234,9 @@ class DrmDevice(FdObject):
         arg = ffi.new("struct drm_prime_handle *")
         arg.fd = buf.fileno()
         ioctl(self.fileno(), _uapi.DRM_IOCTL_PRIME_FD_TO_HANDLE, arg, "DRM_IOCTL_PRIME_FD_TO_HANDLE",
-              {errno.EOPNOTSUPP: f"the {self.driver} driver cannot import dma-bufs"})
+              {errno.EOPNOTSUPP: f"the {self.driver} driver cannot import dma-bufs",
+               errno.ENODEV: f"the {self.driver} driver cannot import a dma-buf of another exporter (virtio_gpu "
+                             "without blob resources imports only its own)"})
         existing = self._handles.get(arg.handle)
         if existing is not None and not existing.closed:
             return existing
