@@ -38,7 +38,18 @@ import warnings
 
 from . import _uapi
 from ._fd import UnclosedWarning
-from ._sys import UnsupportedError, check_fd, check_int, check_timeout, fd_target, ioctl, os_error, poll_fd_async
+from ._sys import (
+    UnsupportedError,
+    check_fd,
+    check_int,
+    check_timeout,
+    fd_target,
+    ioctl,
+    ioctl_failed,
+    os_error,
+    poll_fd_async,
+    raw_ioctl,
+)
 from ._uapi import ffi
 from .drm import DrmDevice, _node_number
 from .syncfile import SyncFile
@@ -55,6 +66,12 @@ _EXPORT = _uapi.DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE
 _AT_POINT = _uapi.DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE  # (== ..._FD_TO_HANDLE_FLAGS_TIMELINE)
 _address = ffi.cast
 _new = ffi.new
+_TIMELINE_SIGNAL = _uapi.DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL
+_QUERY = _uapi.DRM_IOCTL_SYNCOBJ_QUERY
+_TIMELINE_WAIT = _uapi.DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT
+_FD_TO_HANDLE = _uapi.DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE
+_HANDLE_TO_FD = _uapi.DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD
+_HANDLE_ARG = ffi.typeof("struct drm_syncobj_handle *")
 
 
 def _cap(device: DrmDevice, capability: int) -> int:
@@ -144,6 +161,10 @@ class _Handle:
             self._drop_device()
             raise
         self._handle = arg.handle
+        self._made()
+
+    def _made(self) -> None:
+        """Called once the object has its handle."""
 
     def _attach_device(self, device) -> None:
         kind = "sync object timelines" if self._timeline else "sync objects"
@@ -186,6 +207,7 @@ class _Handle:
             self._drop_device()
             raise
         self._handle = arg.handle
+        self._made()
         return self
 
     @property
@@ -268,21 +290,21 @@ class _Handle:
         arg.count_handles = 1
         ioctl(self.device.fileno(), _uapi.DRM_IOCTL_SYNCOBJ_RESET, arg, "DRM_IOCTL_SYNCOBJ_RESET")
 
-    def _import(self, fence, point: int, what: str) -> None:
+    def _import(self, fence, point: int, what) -> None:
+        """FD_TO_HANDLE(IMPORT_SYNC_FILE) of `fence`, at `point` of a timeline (0: a binary syncobj's
+        fence); `what()` names the operation, called only on failure."""
         if not isinstance(fence, SyncFile):
             raise TypeError(f"fence must be a linuxdmabuf.SyncFile, not {type(fence).__name__}")
         if point and not _point_flags[0]:
             return self._import_through_binary(fence, point)
-        arg = _new("struct drm_syncobj_handle *")
-        arg.handle = self.handle
-        arg.fd = fence.fileno()
-        arg.flags = _IMPORT | (_AT_POINT if point else 0)
-        arg.point = point
+        arg = _new(_HANDLE_ARG, (self.handle, _IMPORT | (_AT_POINT if point else 0), fence.fileno(), 0, point))
+        view = ffi.buffer(arg)
+        fd = self.device._fd
         try:
-            ioctl(self.device.fileno(), _uapi.DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE, arg, what)
+            raw_ioctl(fd, _FD_TO_HANDLE, view)
         except OSError as e:
             if not point or e.errno != errno.EINVAL:
-                raise
+                ioctl_failed(e, fd, _FD_TO_HANDLE, view, what())
             self._import_through_binary(fence, point)  # a kernel without the TIMELINE flag
             _point_flags[0] = False
 
@@ -293,18 +315,19 @@ class _Handle:
             binary.import_sync_file(fence)
             _transfer(self.device, binary.handle, 0, self.handle, point, "")
 
-    def _export(self, point: int, what: str) -> SyncFile:
+    def _export(self, point: int, what) -> SyncFile:
+        """HANDLE_TO_FD(EXPORT_SYNC_FILE) of `point` (0: a binary syncobj's fence); `what()` names the
+        operation, called only on failure."""
         if point and not _point_flags[0]:
             return self._export_through_binary(point)
-        arg = _new("struct drm_syncobj_handle *")
-        arg.handle = self.handle
-        arg.flags = _EXPORT | (_AT_POINT if point else 0)
-        arg.point = point
+        arg = _new(_HANDLE_ARG, (self.handle, _EXPORT | (_AT_POINT if point else 0), -1, 0, point))
+        view = ffi.buffer(arg)
+        fd = self.device._fd
         try:
-            ioctl(self.device.fileno(), _uapi.DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD, arg, what)
+            raw_ioctl(fd, _HANDLE_TO_FD, view)
         except OSError as e:
             if not point or e.errno != errno.EINVAL:
-                raise
+                ioctl_failed(e, fd, _HANDLE_TO_FD, view, what())
             # EINVAL: nothing at that point, or a kernel without the HANDLE_TO_FD TIMELINE flag;
             # the transfer tells which (it raises in the first case).
             fence = self._export_through_binary(point)
@@ -375,36 +398,53 @@ class Timeline(_Handle):
     which it then opens for itself and closes with it. Points are 1..2**64-1.
     """
 
-    __slots__ = ()
+    __slots__ = ("_handles", "_point", "_query", "_query_view", "_wait_arg", "_wait_view")
     _timeline = True
+
+    def _made(self) -> None:
+        """Build the per-call arguments once: the handle and a point slot that TIMELINE_SIGNAL, QUERY
+        and TIMELINE_WAIT point at, each struct with its buffer view for raw_ioctl()."""
+        self._handles = _new("uint32_t[1]", [self._handle])
+        self._point = _new("uint64_t[1]")
+        pointers = {"handles": int(_address("uintptr_t", self._handles)),
+                    "points": int(_address("uintptr_t", self._point)), "count_handles": 1}
+        self._query = _new("struct drm_syncobj_timeline_array *", pointers)
+        self._wait_arg = _new("struct drm_syncobj_timeline_wait *", pointers)
+        self._query_view, self._wait_view = ffi.buffer(self._query), ffi.buffer(self._wait_arg)
+
+    def _call(self, request: int, view, point: int, what) -> None:
+        """raw_ioctl() on a prebuilt argument; the message (what(): (operation, fixes)) made only on failure."""
+        fd = self.device._fd
+        if self._handle is None or fd < 0:
+            raise ValueError("Timeline is closed" if self._handle is None else
+                             "the DRM device of this Timeline is closed")
+        self._point[0] = point
+        try:
+            raw_ioctl(fd, request, view)
+        except OSError as e:
+            ioctl_failed(e, fd, request, view, *what())
 
     def signal(self, point: int) -> None:
         """DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL: put an already signaled fence at `point`, which signals
         it and every point below it whose fences have signaled."""
-        self._array(_uapi.DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL, _check_point(point), 0, "DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL")
+        if type(point) is not int or not 0 < point <= MAX_POINT:
+            point = _check_point(point)
+        self._query.flags = 0
+        self._call(_TIMELINE_SIGNAL, self._query_view, point, lambda: ("DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL",))
 
     @property
     def value(self) -> int:
         """DRM_IOCTL_SYNCOBJ_QUERY: the last signaled point (every point up to it has signaled); 0 if none."""
-        return self._array(_uapi.DRM_IOCTL_SYNCOBJ_QUERY, 0, 0, "DRM_IOCTL_SYNCOBJ_QUERY")
+        self._query.flags = 0
+        self._call(_QUERY, self._query_view, 0, lambda: ("DRM_IOCTL_SYNCOBJ_QUERY",))
+        return self._point[0]
 
     @property
     def last_submitted(self) -> int:
         """DRM_IOCTL_SYNCOBJ_QUERY with LAST_SUBMITTED: the highest point that has a fence, signaled or not."""
-        return self._array(_uapi.DRM_IOCTL_SYNCOBJ_QUERY, 0, _uapi.DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED,
-                           "DRM_IOCTL_SYNCOBJ_QUERY(LAST_SUBMITTED)")
-
-    def _array(self, request: int, point: int, flags: int, what: str) -> int:
-        """One struct drm_syncobj_timeline_array call on this handle; the point it returns."""
-        handles = _new("uint32_t[1]", [self.handle])
-        points = _new("uint64_t[1]", [point])
-        arg = _new("struct drm_syncobj_timeline_array *")
-        arg.handles = int(_address("uintptr_t", handles))
-        arg.points = int(_address("uintptr_t", points))
-        arg.count_handles = 1
-        arg.flags = flags
-        ioctl(self.device.fileno(), request, arg, what)
-        return points[0]
+        self._query.flags = _uapi.DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED
+        self._call(_QUERY, self._query_view, 0, lambda: ("DRM_IOCTL_SYNCOBJ_QUERY(LAST_SUBMITTED)",))
+        return self._point[0]
 
     def wait(self, point: int, timeout: float | None = None, *, for_submit: bool = True) -> bool:
         """DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT: True once `point` has signaled, False after `timeout` seconds.
@@ -414,23 +454,20 @@ class Timeline(_Handle):
         the kernel's EINVAL. The deadline is absolute (CLOCK_MONOTONIC), so a
         wait interrupted by a signal handler resumes with the time left.
         """
-        point = _check_point(point)
-        return self._wait(point, _deadline(timeout), _WAIT_FOR_SUBMIT if for_submit else 0)
+        if type(point) is not int or not 0 < point <= MAX_POINT:
+            point = _check_point(point)
+        return self._wait(point, _INT64_MAX if timeout is None else _deadline(timeout),
+                          _WAIT_FOR_SUBMIT if for_submit else 0)
 
     def _wait(self, point: int, deadline: int, flags: int) -> bool:
-        handles = _new("uint32_t[1]", [self.handle])
-        points = _new("uint64_t[1]", [point])
-        arg = _new("struct drm_syncobj_timeline_wait *")
-        arg.handles = int(_address("uintptr_t", handles))
-        arg.points = int(_address("uintptr_t", points))
-        arg.count_handles = 1
+        arg = self._wait_arg
         arg.timeout_nsec = deadline
         arg.flags = flags
         try:
-            ioctl(self.device.fileno(), _uapi.DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT, arg,
-                  f"DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT(point {point})",
-                  {errno.EINVAL: f"point {point} has no fence yet (nothing submitted there): wait with "
-                                 "for_submit=True to wait for one"})
+            self._call(_TIMELINE_WAIT, self._wait_view, point, lambda: (
+                f"DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT(point {point})",
+                {errno.EINVAL: f"point {point} has no fence yet (nothing submitted there): wait with "
+                               "for_submit=True to wait for one"}))
         except OSError as e:
             if e.errno == errno.ETIME:  # the deadline passed (ETIME, not ETIMEDOUT)
                 return False
@@ -451,20 +488,22 @@ class Timeline(_Handle):
 
         An unsignaled fence holds `point`, and so every wait for it or beyond,
         until it signals."""
-        point = _check_point(point)
-        self._import(fence, point, f"DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE(IMPORT_SYNC_FILE, point {point})")
+        if type(point) is not int or not 0 < point <= MAX_POINT:
+            point = _check_point(point)
+        self._import(fence, point, lambda: (f"DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE(IMPORT_SYNC_FILE, point {point})",))
 
     def export_sync_file(self, point: int) -> SyncFile:
         """DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD with EXPORT_SYNC_FILE | TIMELINE: the fence at `point` as a
         SyncFile (signaled if the point has). EINVAL if nothing was submitted at or beyond `point`."""
-        point = _check_point(point)
-        what = f"DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD(EXPORT_SYNC_FILE, point {point})"
+        if type(point) is not int or not 0 < point <= MAX_POINT:
+            point = _check_point(point)
         try:
-            return self._export(point, what)
+            return self._export(point, lambda: (f"DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD(EXPORT_SYNC_FILE, point {point})",))
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
-            raise os_error(e.errno, what, f"nothing was submitted at point {point} or beyond (last submitted: "
+            raise os_error(e.errno, f"DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD(EXPORT_SYNC_FILE, point {point})",
+                           f"nothing was submitted at point {point} or beyond (last submitted: "
                                           f"{self.last_submitted}): signal() or import_sync_file() it first") from None
 
     def transfer(self, point: int, to: "Timeline | Syncobj", to_point: int | None = None) -> None:
@@ -541,13 +580,13 @@ class Syncobj(_Handle):
 
     def import_sync_file(self, fence: SyncFile) -> None:
         """DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE with IMPORT_SYNC_FILE: `fence` replaces the syncobj's fence."""
-        self._import(fence, 0, "DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE(IMPORT_SYNC_FILE)")
+        self._import(fence, 0, lambda: ("DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE(IMPORT_SYNC_FILE)",))
 
     def export_sync_file(self) -> SyncFile:
         """DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD with EXPORT_SYNC_FILE: the fence as a SyncFile. EINVAL if empty."""
         what = "DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD(EXPORT_SYNC_FILE)"
         try:
-            return self._export(0, what)
+            return self._export(0, lambda: (what,))
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise

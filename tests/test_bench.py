@@ -17,7 +17,7 @@ def test_bench_runs_every_operation_three_ways():
     assert report["accel"] in ("kvm", "tcg") and report["rounds"] == 1
     ops = {"sync_pair", "cpu_access", "heap_alloc_4k", "heap_alloc_1m", "udmabuf_64k", "export_info_wait", "merge",
            "wait_idle", "fill_memcpy", "fill_memset", "v4l2_pair", "kms_show_commit", "kms_show_frame",
-           "kms_capture_commit", "kms_capture_frame"}
+           "kms_capture_commit", "kms_capture_frame", "syncobj_signal_wait", "syncobj_import_export"}
     assert set(report["results"]) == ops
     for op, times in report["results"].items():
         for way in ("c", "handrolled", "linuxdmabuf"):

@@ -435,7 +435,8 @@ def test_session_on_a_stock_kernel(pytester):
     code, out, err = pytest_in_vm(pytester.path, "--linuxdmabuf-vm=debian-7.2", "-rs")
     assert code == 1, out + err
     assert "linuxdmabuf-vm: guest kernel 7.2." in out and "(debian-7.2); devices: /dev/udmabuf" in out
-    assert "features expected: udmabuf, heap:system, drm:vgem, v4l2:vivid, trace:dma_buf; missing: none" in out
+    assert ("features expected: udmabuf, heap:system, drm:vgem, drm:virtio_gpu, syncobj:timeline, v4l2:vivid, "
+            "trace:dma_buf; missing: none") in out
     assert "2 passed, 2 skipped" in out and "1 failed" in out and "assert (1 + 1) == 3" in out
     assert "this kernel has no sw_sync (CONFIG_SW_SYNC)" in out
     assert "cma_heap: no CMA heap under /dev/dma_heap -- needs a CMA dma-heap (CONFIG_DMABUF_HEAPS_CMA" in out

@@ -8,6 +8,11 @@
  *                           or the writeback connector's) on the display fd FD (inherited), each
  *                           waited for, then PACE_US microseconds of sleep (not timed);
  *                           prints "commit_ns frame_ns" per commit
+ *   bench syncobj_signal_wait|syncobj_import_export ITERATIONS DRM_NODE
+ *                           on a new timeline of DRM_NODE (a node whose driver has
+ *                           DRM_CAP_SYNCOBJ_TIMELINE): TIMELINE_SIGNAL + QUERY + TIMELINE_WAIT
+ *                           of a point, or FD_TO_HANDLE(IMPORT_SYNC_FILE) of an idle buffer's
+ *                           sync_file at a point + HANDLE_TO_FD(EXPORT_SYNC_FILE) of it + close
  *   bench v4l2_pair ITERATIONS FD BUFFERS
  *                           VIDIOC_DQBUF + VIDIOC_QBUF pairs on the streaming video
  *                           capture queue of fd FD (inherited from tools/bench), BUFFERS
@@ -26,6 +31,7 @@
 #include <drm/drm.h>
 #include <drm/drm_mode.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +182,54 @@ static void kms_commits(long n, int fd, __u32 crtc, __u32 out_prop, long pace_us
 	printf("%.1f %.1f\n", (double)committing / n, (double)framing / n);
 }
 
+static void syncobj_ioctl(int fd, unsigned long request, void *arg, const char *what)
+{
+	if (ioctl(fd, request, arg) < 0)
+		die(what);
+}
+
+static double syncobj_bench(const char *op, long n, const char *node, int buf)
+{
+	int fd = open(node, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		die("open DRM node");
+	struct drm_syncobj_create create = { 0 };
+	syncobj_ioctl(fd, DRM_IOCTL_SYNCOBJ_CREATE, &create, "DRM_IOCTL_SYNCOBJ_CREATE");
+	uint32_t handle = create.handle;
+	int idle = export_sync_file(buf);
+	long long start = now_ns();
+	for (long i = 0; i < n; i++) {
+		uint64_t point = i + 1;
+		if (!strcmp(op, "syncobj_signal_wait")) {
+			struct drm_syncobj_timeline_array signal = {
+				.handles = (uintptr_t)&handle, .points = (uintptr_t)&point, .count_handles = 1 };
+			syncobj_ioctl(fd, DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL, &signal, "TIMELINE_SIGNAL");
+			uint64_t value = 0;
+			struct drm_syncobj_timeline_array query = {
+				.handles = (uintptr_t)&handle, .points = (uintptr_t)&value, .count_handles = 1 };
+			syncobj_ioctl(fd, DRM_IOCTL_SYNCOBJ_QUERY, &query, "QUERY");
+			struct drm_syncobj_timeline_wait wait = {
+				.handles = (uintptr_t)&handle, .points = (uintptr_t)&point, .count_handles = 1,
+				.timeout_nsec = INT64_MAX, .flags = DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT };
+			syncobj_ioctl(fd, DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT, &wait, "TIMELINE_WAIT");
+		} else {
+			struct drm_syncobj_handle in = {
+				.handle = handle, .fd = idle, .point = point,
+				.flags = DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE | DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE };
+			syncobj_ioctl(fd, DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE, &in, "FD_TO_HANDLE");
+			struct drm_syncobj_handle out = {
+				.handle = handle, .point = point,
+				.flags = DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE | DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE };
+			syncobj_ioctl(fd, DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD, &out, "HANDLE_TO_FD");
+			close(out.fd);
+		}
+	}
+	long long elapsed = now_ns() - start;
+	close(idle);
+	close(fd);  /* destroys the syncobj */
+	return (double)elapsed / n;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 7 && !strcmp(argv[1], "kms_commit")) {
@@ -184,6 +238,13 @@ int main(int argc, char **argv)
 	}
 	if (argc == 5 && !strcmp(argv[1], "v4l2_pair")) {
 		printf("%.1f\n", v4l2_pairs(atoi(argv[3]), atol(argv[2]), atoi(argv[4])));
+		return 0;
+	}
+	if (argc == 4 && !strncmp(argv[1], "syncobj_", 8)) {
+		int heap = open("/dev/dma_heap/system", O_RDONLY | O_CLOEXEC);
+		if (heap < 0)
+			die("open");
+		printf("%.1f\n", syncobj_bench(argv[1], atol(argv[2]), argv[3], heap_alloc(heap, 4096)));
 		return 0;
 	}
 	if (argc != 3) {
