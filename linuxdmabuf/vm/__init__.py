@@ -56,11 +56,16 @@ _ENV_SKIP = {"PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "DISPLAY", "WAYLAND_DISP
 # initramfs, which mounts it without them.
 ROOT_9P_FLAGS = "rootflags=version=9p2000.L,trans=virtio,access=any,msize=524288,cache=loose"
 
-# An emulated guest on a busy host sees its timer interrupts late: x86 kernels
-# then conclude at boot that the IO-APIC timer is not connected and panic
-# ("IO-APIC + timer doesn't work!"). no_timer_check skips that check (its
-# only purpose is broken hardware, which an emulated PC does not have).
-BOOT_UNDER_LOAD = "no_timer_check"
+# Every guest's kernel command line:
+# - no_timer_check: an emulated guest on a busy host sees its timer interrupts
+#   late; x86 kernels then conclude at boot that the IO-APIC timer is not
+#   connected and panic ("IO-APIC + timer doesn't work!"). The check exists
+#   for broken hardware, which an emulated PC does not have.
+# - print-fatal-signals=1: the kernel logs every process killed by a signal
+#   that would dump core (SIGSEGV, SIGABRT...) with its name, pid and
+#   registers, also when Python's faulthandler re-raised it: a crash in the
+#   guest can be told from its console and dmesg.
+GUEST_APPEND = "no_timer_check print-fatal-signals=1"
 
 # Every guest gets a virtio-gpu device (no virgl, no blob resources): a DRM
 # driver with sync objects and timelines (DRM_CAP_SYNCOBJ_TIMELINE; vgem and
@@ -374,7 +379,7 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
                                _guest_script(outdir, cmd, cwd, env, user, opened, kernel.spec))
         argv = [vng, "--run", kernel.image, "--cpus", str(cpus), "--memory", str(memory), "--verbose",
                 "--qemu", qemu, "--cwd", cwd, "--rwdir", outdir, "--exec", f"sh {shlex.quote(script)}",
-                "--force-9p", "--append", ROOT_9P_FLAGS, "--append", BOOT_UNDER_LOAD,
+                "--force-9p", "--append", ROOT_9P_FLAGS, "--append", GUEST_APPEND,
                 f"--qemu-opts={QEMU_DEVICES}"]
         if accel == "tcg":
             # One host thread runs all vCPUs: with a thread per vCPU, guests crash when the kernel
