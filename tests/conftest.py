@@ -10,7 +10,8 @@
 - The session ends with one line saying where it ran, and with
   $LINUXDMABUF_RESULTS set, writes its counts there as JSON for tools/run-tests
   (with $LINUXDMABUF_LIST_UNPRIVILEGED, the files that hold `unprivileged`
-  tests there).
+  tests there), and names the test it is running in <results>.running, so
+  that a VM stopped at its time-out says which test hung.
 """
 import json
 import os
@@ -33,6 +34,13 @@ def pytest_collection_modifyitems(items):
     if listing:  # for tools/run-tests' root session: the files its unprivileged session needs to collect
         with open(listing, "w") as f:
             f.write("".join(f"{path}\n" for path in sorted(unprivileged)))
+
+
+def pytest_runtest_logstart(nodeid, location):
+    results = os.environ.get("LINUXDMABUF_RESULTS")
+    if results:
+        with open(results + ".running", "w") as f:
+            f.write(nodeid)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -397,6 +397,28 @@ def test_kernel_that_hangs_at_boot_times_out_with_the_console_tail():
     assert "last console lines:\n[" in err
 
 
+@boots_vm
+def test_guests_boot_beside_cpu_hogs_with_the_timer_check_off():
+    """Every guest boots with no_timer_check (a loaded host made x86 guests panic: "IO-APIC + timer
+    doesn't work!") and print-fatal-signals=1; here two CPU hogs (this machine's cores) run beside it."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        code, out, err = linuxdmabuf_vm("--", "cat", "/proc/cmdline", timeout=VM_LIMIT)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert code == 0, err
+    assert " no_timer_check print-fatal-signals=1" in out
+
+
+@boots_vm
+def test_a_guest_that_hangs_is_killed_at_its_timeout_with_its_console_tail():
+    code, out, err = linuxdmabuf_vm("--timeout", "20", "--", "sleep", "600", timeout=VM_LIMIT)
+    assert code == vm.EXIT_TIMEOUT
+    assert "the command did not finish within 20 s (full, " in err and "last console lines:\n" in err
+
+
 def children(pid: int) -> list:
     found = []
     for name in os.listdir("/proc"):
