@@ -7,6 +7,7 @@ SUBCOMMANDS = {
     "info": ("linuxdmabuf.cli.info", "what this kernel offers and this user may use, with the fix for what is missing"),
     "dump": ("linuxdmabuf.cli.dump", "which processes hold which dma-bufs (like Android's dmabuf_dump)"),
     "watch": ("linuxdmabuf.cli.watch", "follow dma-heap and udmabuf devices (and buffer totals) as they change"),
+    "cma": ("linuxdmabuf.cli.cma", "CMA areas: how full, how fragmented (the pool drawn), which heaps, who holds them"),
     "trace": ("linuxdmabuf.cli.trace", "dma-buf lifetime events live (Linux 7.0+), and who made, mapped, attached what"),
     "vm": ("linuxdmabuf.vm", "run a command in a QEMU VM on a kernel with real dma-buf devices"),
 }

@@ -170,9 +170,21 @@ class Heap(FdObject):
         try:
             raw_ioctl(fd, _ALLOC, view)
         except OSError as e:
+            fix = f"{self.name} cannot supply {size} bytes now"
+            if e.errno == errno.ENOMEM and self.name != "system":  # a CMA heap: say why, from the area's state
+                fix = _explain_enomem(self.name, size) or fix
             ioctl_failed(e, fd, _ALLOC, view, f"DMA_HEAP_IOCTL_ALLOC of {size} bytes from {self._path}",
-                         {errno.ENOMEM: f"{self.name} cannot supply {size} bytes now"})
+                         {errno.ENOMEM: fix})
         buf = _object(DmaBuf)  # DmaBuf._wrap(), inline
         buf._fd = data.fd
         return buf
 
+
+def _explain_enomem(heap: str, size: int) -> str | None:
+    """linuxdmabuf.cma's account of a failed CMA allocation (None where it has none, or cannot read one)."""
+    from .cma import explain_enomem
+
+    try:
+        return explain_enomem(heap, size)
+    except (OSError, ValueError):
+        return None

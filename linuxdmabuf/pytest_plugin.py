@@ -398,7 +398,11 @@ def _describe_fd(fd: int, target: str, events: list) -> str:
         try:
             with open(f"/proc/self/fdinfo/{fd}", encoding="utf-8", errors="surrogateescape", newline="") as f:
                 info = parse_fdinfo(f.read())
-            what = f"fd {fd}: dma-buf inode {info.ino}, exporter {info.exp_name}, {info.size} bytes" + (
+            from linuxdmabuf.cma import heap_areas
+
+            area = heap_areas().get(info.exp_name)
+            exporter = f"{info.exp_name} (CMA area {area})" if area else info.exp_name
+            what = f"fd {fd}: dma-buf inode {info.ino}, exporter {exporter}, {info.size} bytes" + (
                 f", name {info.name!r}" if info.name else "")
         except (OSError, KeyError, ValueError):
             pass

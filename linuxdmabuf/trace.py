@@ -8,7 +8,7 @@ and lets go: V4L2 QBUF, PRIME import), ``_mmap_internal`` (a user mapping),
 (a device attaches, with the device's name). Each carries the exporter, size
 and inode. The last close of a buffer calls fput(), not dma_buf_put(): its
 release is no event, so whether a buffer is still alive comes from a scan of
-the processes (:func:`linuxdmabuf.cli.dump.scan`).
+the processes (``linuxdmabuf._procfs.scan``, what ``linuxdmabuf dump`` shows).
 
 :class:`Tracer` makes its own instance (``<tracefs>/instances/linuxdmabuf-<pid>-<n>``):
 never the global buffer other tools use, so several tracers run at once. The

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import pytest
 from holders import Holder
 
+from linuxdmabuf import _procfs
 from linuxdmabuf.cli import dump
 from linuxdmabuf.pytest_plugin import need
 
@@ -372,7 +373,7 @@ def _victim_and_witness(dma_heap, udmabuf):
 def test_process_exiting_mid_scan_is_skipped(dma_heap, udmabuf, monkeypatch, moment):
     victim, witness, shared, own = _victim_and_witness(dma_heap, udmabuf)
     try:
-        real_listdir, real_read = os.listdir, dump._read
+        real_listdir, real_read = os.listdir, _procfs._read
 
         def listdir(path):
             if moment == "before fds" and str(path).rstrip("/") == f"/proc/{victim.pid}/fd":
@@ -384,8 +385,8 @@ def test_process_exiting_mid_scan_is_skipped(dma_heap, udmabuf, monkeypatch, mom
                 victim.kill()
             return real_read(path, size)
 
-        monkeypatch.setattr(dump.os, "listdir", listdir)
-        monkeypatch.setattr(dump, "_read", read)
+        monkeypatch.setattr(_procfs.os, "listdir", listdir)
+        monkeypatch.setattr(_procfs, "_read", read)
         result = dump.scan()
         assert victim.proc.returncode is not None  # it really exited during the scan
         assert victim.pid not in result.buffers[shared].holders
@@ -414,8 +415,8 @@ def test_fd_closed_or_reused_mid_scan_is_skipped(dma_heap, udmabuf, monkeypatch)
                 return real_stat("/etc/passwd")
             return real_stat(path, *args, **kwargs)
 
-        monkeypatch.setattr(dump.os, "listdir", listdir)
-        monkeypatch.setattr(dump.os, "stat", stat)
+        monkeypatch.setattr(_procfs.os, "listdir", listdir)
+        monkeypatch.setattr(_procfs.os, "stat", stat)
         result = dump.scan()
         holders = [result.buffers[i].holders.get(victim.pid) for i in (shared, own)]
         assert reused and sum(len(h.fds) for h in holders if h) == 1  # one of its two fds skipped, nothing broke
@@ -431,7 +432,7 @@ def test_without_debugfs_exporters_come_from_fdinfo(scenario, monkeypatch):
     """As a user who may not read debugfs: exporter and refs from one fdinfo per buffer; a buffer only mapped
     keeps its size from map_files (root) and has no exporter."""
     children, inodes = scenario
-    monkeypatch.setattr(dump, "debugfs_mount", lambda: None)
+    monkeypatch.setattr(_procfs, "debugfs_mount", lambda: None)
     result = dump.scan()
     assert result.debugfs == "not mounted"
     for inode, (size, exporter, name, holders) in _expected(children, inodes).items():
@@ -447,8 +448,8 @@ def test_without_debugfs_exporters_come_from_fdinfo(scenario, monkeypatch):
 @needs_devices
 def test_buffer_whose_fds_all_closed_during_the_scan_is_dropped(scenario, monkeypatch):
     children, inodes = scenario
-    monkeypatch.setattr(dump, "debugfs_mount", lambda: None)
-    real_read = dump._read
+    monkeypatch.setattr(_procfs, "debugfs_mount", lambda: None)
+    real_read = _procfs._read
     h2_fds = f"/proc/{children['A'].pid}/fdinfo/"
 
     def read(path, size=0):
@@ -457,7 +458,7 @@ def test_buffer_whose_fds_all_closed_during_the_scan_is_dropped(scenario, monkey
             raise FileNotFoundError(path)  # both fds of h2 closed between the fd listing and fdinfo
         return text
 
-    monkeypatch.setattr(dump, "_read", read)
+    monkeypatch.setattr(_procfs, "_read", read)
     result = dump.scan()
     assert inodes["h2"] not in result.buffers and inodes["h1"] in result.buffers
 

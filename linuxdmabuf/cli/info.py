@@ -285,6 +285,16 @@ def collect() -> dict:
             "a driver with DRM_CAP_SYNCOBJ_TIMELINE: virtio_gpu (QEMU: -device virtio-gpu-pci), i915, xe, amdgpu, "
             "msm, panfrost...; vgem and vkms have none")
 
+    from linuxdmabuf import cma
+
+    cma_areas = []
+    for a in cma.areas(holders=False):
+        entry = a.as_dict()
+        entry.pop("bitmap")
+        entry.pop("holders")
+        cma_areas.append(entry)
+    cma_doc = {"meminfo": cma.meminfo(), "areas": cma_areas, "none_because": None if cma_areas else cma.why_no_areas()}
+
     features = linuxdmabuf.features()
     providers = [h["name"] for h in heaps if h["can_allocate"]] + (["udmabuf"] if udmabuf.get("can_allocate") else [])
     if providers and not features["export_sync_file"]:
@@ -302,6 +312,7 @@ def collect() -> dict:
         "sw_sync": sw_sync,
         "debugfs": debugfs,
         "drm": drm,
+        "cma": cma_doc,
         "features": features,
         "can_allocate": bool(providers),
         "providers": providers,
@@ -385,6 +396,22 @@ def print_text(doc: dict, out=None) -> None:
         say(f"debugfs: mounted at {d['mounted']}; dma_buf/bufinfo readable by this user: {_yes(d['bufinfo_readable'])}")
     else:
         say("debugfs: not mounted")
+    c = doc["cma"]
+    if c["areas"]:
+        say("CMA areas (linuxdmabuf cma draws them):")
+        for a in c["areas"]:
+            def pages(n, a=a):
+                return "?" if n is None else f"{n} pages ({n * a['page_size'] / (1 << 20):.1f} MiB)"
+
+            def count(key, a=a):
+                return "?" if a[key] is None else a[key]
+            say(f"  {a['name']}: total {pages(a['total_pages'])}, free {pages(a['free_pages'])}, largest free run "
+                f"{pages(a['largest_free_pages'])}; pages allocated {count('alloc_pages_success')}, failed "
+                f"{count('alloc_pages_fail')}; heaps: {', '.join(a['heaps']) or 'none'}")
+            for why in sorted(set(a["missing"].values())):
+                say(f"    not shown: {why}")
+    else:
+        say(f"CMA: {c['none_because']}")
     if doc["drm"]:
         say("DRM devices:")
         for n in doc["drm"]:
