@@ -23,6 +23,7 @@ exporter is one of the area's heaps.
 """
 import os
 import resource
+import struct
 from dataclasses import dataclass, field
 
 from ._mounts import debugfs_mount
@@ -151,7 +152,7 @@ def why_no_areas() -> str:
             + (")" if debugfs else ", and debugfs is not mounted: mount -t debugfs none /sys/kernel/debug)"))
 
 
-def _read_area(name: str) -> CmaArea:
+def _read_area(name: str, bitmap: bool = True) -> CmaArea:
     a = CmaArea(name)
     sysfs = os.path.join(SYSFS, name)
     if os.path.isdir(sysfs):
@@ -178,7 +179,7 @@ def _read_area(name: str) -> CmaArea:
             a.missing[key] = why
     else:
         try:
-            _read_debugfs(a, debugfs)
+            _read_debugfs(a, debugfs, bitmap)
         except PermissionError:
             for key in ("used_pages", "largest_free_pages", "base_pfn", "order_per_bit", "bitmap"):
                 a.missing[key] = f"{debugfs} is readable by root only: run as root"
@@ -188,7 +189,7 @@ def _read_area(name: str) -> CmaArea:
     return a
 
 
-def _read_debugfs(a: CmaArea, debugfs: str, tries: int = 10) -> None:
+def _read_debugfs(a: CmaArea, debugfs: str, bitmap_too: bool, tries: int = 10) -> None:
     """count, used, maxchunk, base_pfn, order_per_bit and the bitmap, as of one moment.
 
     The kernel gives each file separately, so a pool changing while they are
@@ -200,10 +201,11 @@ def _read_debugfs(a: CmaArea, debugfs: str, tries: int = 10) -> None:
     for _ in range(tries):
         used = _int(os.path.join(debugfs, "used"))
         values = {key: _int(os.path.join(debugfs, key)) for key in ("count", "maxchunk", "base_pfn", "order_per_bit")}
-        bitmap = _read_bitmap(debugfs)
+        bitmap = _read_bitmap(debugfs) if bitmap_too else None
         if _int(os.path.join(debugfs, "used")) == used and values["maxchunk"] <= values["count"] - used:
             break
     else:
+        bitmap = bitmap or _read_bitmap(debugfs)
         a.order_per_bit, a.bitmap = values["order_per_bit"], bitmap
         used = sum(bitmap) << values["order_per_bit"]
         values["maxchunk"] = (a.largest_free_run() or (0, 0))[1]
@@ -217,13 +219,15 @@ def _read_bitmap(debugfs: str) -> bytes:
     ranges = os.path.join(debugfs, "ranges")
     paths = ([os.path.join(ranges, r, "bitmap") for r in sorted(os.listdir(ranges), key=int)]
              if os.path.isdir(ranges) else [os.path.join(debugfs, "bitmap")])
-    bits = bytearray()
+    bits = []
     for path in paths:
         with open(path) as f:
-            for word in f.read().split():
-                value = int(word)
-                bits += bytes((value >> i) & 1 for i in range(32))
-    return bytes(bits)
+            words = [int(word) for word in f.read().split()]
+        bits += [_BITS[byte] for byte in struct.pack(f"<{len(words)}I", *words)]
+    return b"".join(bits)
+
+
+_BITS = [bytes((byte >> i) & 1 for i in range(8)) for byte in range(256)]  # a byte -> its 8 bits, lowest first
 
 
 def _heap_areas(names: list) -> dict:
@@ -314,12 +318,12 @@ def area(name: str, *, holders: bool = True) -> CmaArea:
 def explain_enomem(heap: str, size: int) -> str | None:
     """Why `heap` could not give `size` bytes, from the area behind it as it is now; None if the heap
     draws on no CMA area this kernel shows. Built only on the failure path of Heap.allocate()."""
-    names = area_names()
-    name = _heap_areas(names).get(heap)
+    heaps = heap_areas()
+    name = heaps.get(heap)
     if name is None:
         return None
-    a = _read_area(name)
-    a.heaps = sorted(h for h, n in _heap_areas(names).items() if n == name)
+    a = _read_area(name, bitmap=False)
+    a.heaps = sorted(h for h, n in heaps.items() if n == name)
     pages = -(-size // a.page_size)
     parts = [f"{mib(size)} asked ({pages} pages) from CMA area {name}"]
     if a.free_pages is not None and a.total_pages is not None:
