@@ -418,3 +418,20 @@ def _size_mapped_only(result: Scan, mapped_only: dict) -> None:
         if st.st_ino == inode:
             buf.size = st.st_size
             buf.seen |= MAP_FILES
+
+
+KERNEL_FD_TARGETS = ("anon_inode:sync_file", "anon_inode:syncobj_file")
+
+
+def kernel_fds(pid="self") -> dict:
+    """The dma-buf, sync_file and DRM syncobj fds of process `pid` (default this one): fd -> what
+    /proc/<pid>/fd shows ("/dmabuf:<name>", "anon_inode:sync_file"...). Fds closing meanwhile are skipped."""
+    found = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith(PREFIX) or target in KERNEL_FD_TARGETS:
+            found[int(name)] = target
+    return found

@@ -353,16 +353,10 @@ def fence_source(request):
 
 
 def _kernel_fds() -> dict:
-    """This process's dma-buf and sync_file fds: fd -> what /proc shows."""
-    found = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith("/dmabuf:") or target in ("anon_inode:sync_file", "anon_inode:syncobj_file"):
-            found[int(name)] = target
-    return found
+    """This process's dma-buf, sync_file and syncobj fds: fd -> what /proc shows."""
+    from linuxdmabuf._procfs import kernel_fds
+
+    return kernel_fds()
 
 
 def _origin(obj) -> str:

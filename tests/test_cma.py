@@ -219,3 +219,16 @@ def test_dump_and_the_leak_check_show_cma_buffers_as_such(reserved):
         assert "reserved (CMA reserved)" in text
         target = os.readlink(f"/proc/self/fd/{buf.fileno()}")
         assert "exporter reserved (CMA area reserved)" in _describe_fd(buf.fileno(), target, [])
+
+
+def test_info_shows_each_area_with_the_kernels_figures(reserved):
+    from linuxdmabuf.cli import info
+
+    with reserved.allocate(3 * MIB):
+        [doc] = [a for a in info.collect()["cma"]["areas"] if a["name"] == "reserved"]
+        count, used, maxchunk = (kernel_file("reserved", n) for n in ("count", "used", "maxchunk"))
+        assert (doc["total_pages"], doc["used_pages"], doc["largest_free_pages"]) == (count, used, maxchunk)
+        assert {"reserved", "default_cma_region"} <= set(doc["heaps"])
+        text = subprocess.run([sys.executable, "-m", "linuxdmabuf", "info"], capture_output=True, text=True,
+                              timeout=120).stdout
+        assert f"  reserved: total {count} pages (64.0 MiB), free {count - used} pages" in text
