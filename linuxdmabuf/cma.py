@@ -270,11 +270,10 @@ def _probe_heap_area(heap: str, names: list) -> str | None:
     return moved[0] if len(moved) == 1 else None
 
 
-def _holders(heaps: list) -> list:
-    from ._procfs import scan
-
+def _holders(heaps: list, buffers) -> list:
+    """Who holds the buffers of `heaps` among `buffers` (a _procfs scan's), most bytes first."""
     per: dict = {}
-    for buf in scan().buffers.values():
+    for buf in buffers.values():
         if buf.exporter not in heaps:
             continue
         for pid, holder in (buf.holders.items() or [(0, None)]):
@@ -285,18 +284,27 @@ def _holders(heaps: list) -> list:
                   key=lambda h: (-h.bytes, h.pid))
 
 
+def _scanned_buffers() -> dict:
+    from ._procfs import scan
+
+    return scan().buffers
+
+
+def _view(name: str, heap_map: dict, *, bitmap: bool = True, buffers=None) -> CmaArea:
+    """Area `name` read now, with the heaps `heap_map` puts on it and, given a scan's `buffers`, its holders."""
+    a = _read_area(name, bitmap)
+    a.heaps = sorted(h for h, n in heap_map.items() if n == name)
+    if buffers is not None and a.heaps:
+        a.holders = _holders(a.heaps, buffers)
+    return a
+
+
 def areas(*, holders: bool = True) -> list:
-    """Every CMA area of this kernel, read now (with its holders unless holders=False)."""
+    """Every CMA area of this kernel, read now (with its holders unless holders=False: one scan for all)."""
     names = area_names()
-    heap_areas = _heap_areas(names)
-    found = []
-    for name in names:
-        a = _read_area(name)
-        a.heaps = sorted(h for h, n in heap_areas.items() if n == name)
-        if holders and a.heaps:
-            a.holders = _holders(a.heaps)
-        found.append(a)
-    return found
+    heap_map = _heap_areas(names)
+    buffers = _scanned_buffers() if holders and heap_map else None
+    return [_view(name, heap_map, buffers=buffers) for name in names]
 
 
 def area(name: str, *, holders: bool = True) -> CmaArea:
@@ -307,12 +315,8 @@ def area(name: str, *, holders: bool = True) -> CmaArea:
     if name not in names:
         raise ValueError(f"no CMA area {name!r}: " + (f"the areas are {', '.join(names)}" if names
                                                        else why_no_areas()))
-    heap_areas = _heap_areas(names)
-    a = _read_area(name)
-    a.heaps = sorted(h for h, n in heap_areas.items() if n == name)
-    if holders and a.heaps:
-        a.holders = _holders(a.heaps)
-    return a
+    heap_map = _heap_areas(names)
+    return _view(name, heap_map, buffers=_scanned_buffers() if holders and heap_map else None)
 
 
 def explain_enomem(heap: str, size: int) -> str | None:
@@ -322,8 +326,7 @@ def explain_enomem(heap: str, size: int) -> str | None:
     name = heaps.get(heap)
     if name is None:
         return None
-    a = _read_area(name, bitmap=False)
-    a.heaps = sorted(h for h, n in heaps.items() if n == name)
+    a = _view(name, heaps, bitmap=False)
     pages = -(-size // a.page_size)
     parts = [f"{mib(size)} asked ({pages} pages) from CMA area {name}"]
     if a.free_pages is not None and a.total_pages is not None:
@@ -340,7 +343,7 @@ def explain_enomem(heap: str, size: int) -> str | None:
             parts.append(f"{mib(free)} free of {mib(a.total_pages * a.page_size)} ({a.free_pages} pages); the "
                          f"largest free run is unknown: {a.missing.get('largest_free_pages', '')}")
     try:
-        held = _holders(a.heaps)[:3]
+        held = _holders(a.heaps, _scanned_buffers())[:3]
     except OSError as e:
         held, parts = [], parts + [f"holders unknown ({e.strerror})"]
     if held:

@@ -106,14 +106,10 @@ def find_device(*, timeline: bool = True) -> DrmDevice:
             except PermissionError:
                 denied.append(path)
                 continue
-            try:
+            with device:
                 if _cap(device, capability):
-                    return device
+                    return DrmDevice._wrap(device.detach())
                 seen.append(f"{path} ({device.driver})")
-            except BaseException:
-                device.close()
-                raise
-            device.close()
     if denied:
         from .drm import DENIED
 
@@ -284,11 +280,15 @@ class _Handle:
     def reset(self) -> None:
         """DRM_IOCTL_SYNCOBJ_RESET: drop the fence (every point of a timeline: `value` is 0 again,
         and waits without for_submit fail until something is put there)."""
+        self._on_handle(_uapi.DRM_IOCTL_SYNCOBJ_RESET, "DRM_IOCTL_SYNCOBJ_RESET")
+
+    def _on_handle(self, request: int, what: str) -> None:
+        """One struct drm_syncobj_array call (RESET, SIGNAL) on this handle alone."""
         handles = _new("uint32_t[1]", [self.handle])
         arg = _new("struct drm_syncobj_array *")
         arg.handles = int(_address("uintptr_t", handles))
         arg.count_handles = 1
-        ioctl(self.device.fileno(), _uapi.DRM_IOCTL_SYNCOBJ_RESET, arg, "DRM_IOCTL_SYNCOBJ_RESET")
+        ioctl(self.device.fileno(), request, arg, what)
 
     def _import(self, fence, point: int, what) -> None:
         """FD_TO_HANDLE(IMPORT_SYNC_FILE) of `fence`, at `point` of a timeline (0: a binary syncobj's
@@ -542,11 +542,7 @@ class Syncobj(_Handle):
 
     def signal(self) -> None:
         """DRM_IOCTL_SYNCOBJ_SIGNAL: replace the fence with a signaled one."""
-        handles = _new("uint32_t[1]", [self.handle])
-        arg = _new("struct drm_syncobj_array *")
-        arg.handles = int(_address("uintptr_t", handles))
-        arg.count_handles = 1
-        ioctl(self.device.fileno(), _uapi.DRM_IOCTL_SYNCOBJ_SIGNAL, arg, "DRM_IOCTL_SYNCOBJ_SIGNAL")
+        self._on_handle(_uapi.DRM_IOCTL_SYNCOBJ_SIGNAL, "DRM_IOCTL_SYNCOBJ_SIGNAL")
 
     def wait(self, timeout: float | None = None, *, for_submit: bool = True) -> bool:
         """DRM_IOCTL_SYNCOBJ_WAIT: True once the fence has signaled, False after `timeout` seconds.

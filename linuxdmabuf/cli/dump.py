@@ -1,21 +1,9 @@
 """``linuxdmabuf dump``: which processes hold which dma-bufs, like Android's dmabuf_dump.
 
-For every process (psutil), the dma-bufs it holds through file descriptors
-(/proc/<pid>/fd: a dma-buf's link reads "/dmabuf:<name>", and stat() through
-it gives the buffer's inode and size) and through mappings (/proc/<pid>/maps,
-where a mapping shows the same path and the buffer's inode). Then one row per
-buffer -- a buffer is its inode -- with the processes sharing it, and totals
-per exporter and per process, each buffer counted once.
-
-The exporter and the reference count of each buffer come from debugfs
-dma_buf/bufinfo where this user may read it (root), which also adds the
-buffers no visible process holds and the sizes of buffers that are only
-mapped; otherwise, or for a buffer bufinfo does not list, from the fdinfo of
-one of its fds. /sys/kernel/dmabuf/buffers (kernels before 7.0 built with
-CONFIG_DMABUF_SYSFS_STATS) is read too where it exists.
-
-Processes exit and fds close while we read: those are skipped silently.
-Processes this user may not inspect are counted and reported once.
+One row per buffer -- a buffer is its inode -- with the processes sharing
+it, and totals per exporter and per process, each buffer counted once. The
+scan (every process's fds and mappings, debugfs bufinfo, sysfs; what it reads
+and how it copes with processes exiting meanwhile) is linuxdmabuf._procfs's.
 """
 import argparse
 import csv
