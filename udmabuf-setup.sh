@@ -26,7 +26,8 @@ group=video
 mode=setup
 demo=1
 rules=/etc/udev/rules.d/70-linuxdmabuf.rules
-apt_packages=(qemu-system-x86 kmod busybox-static file gcc libc6-dev python3-venv debian-archive-keyring util-linux)
+apt_packages=(qemu-system-x86 kmod busybox-static file gcc libc6-dev python3-venv debian-archive-keyring util-linux
+              valgrind)
 kernels=full,debian-7.2,debian-6.12
 devices_only=0
 group_given=0

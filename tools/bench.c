@@ -2,12 +2,13 @@
  * operation, timed in a loop. Compiled on the spot by tools/bench (cc -O2).
  *
  *   bench OP ITERATIONS     prints the mean nanoseconds per operation
- *   bench kms_commit ITERATIONS FD FENCE_OBJ FENCE_PROP PACE_US OBJ:PROP:VALUE...
+ *   bench kms_commit|kms_frame ITERATIONS FD FENCE_OBJ FENCE_PROP PACE_US OBJ:PROP:VALUE...
  *                           non-blocking atomic commits of those properties plus the
  *                           out-fence pointer (FENCE_PROP of object FENCE_OBJ: the CRTC's
  *                           or the writeback connector's) on the display fd FD (inherited), each
- *                           waited for, then PACE_US microseconds of sleep (not timed);
- *                           prints "commit_ns frame_ns" per commit
+ *                           waited for and closed, then PACE_US microseconds of sleep (not
+ *                           timed); prints the ns per commit alone (kms_commit) or per
+ *                           commit, wait and close (kms_frame)
  *   bench syncobj_signal_wait|syncobj_import_export ITERATIONS DRM_NODE
  *                           on a new timeline of DRM_NODE (a node whose driver has
  *                           DRM_CAP_SYNCOBJ_TIMELINE): TIMELINE_SIGNAL + QUERY + TIMELINE_WAIT
@@ -19,6 +20,10 @@
  *                           at a time once the device has filled them all
  *
  * Needs /dev/dma_heap/system and /dev/udmabuf (and nothing else).
+ *
+ * Each timed span is also the span `tools/bench --instructions` counts: run under
+ * callgrind --collect-atstart=no, region_begin() and region_end() switch counting on
+ * and off (CALLGRIND_TOGGLE_COLLECT; outside valgrind a few no-op instructions).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -39,6 +44,7 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#include <valgrind/callgrind.h>
 
 static void die(const char *what)
 {
@@ -51,6 +57,20 @@ static long long now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* A timed and counted span: the clock is read outside the count. */
+static long long region_begin(void)
+{
+	long long start = now_ns();
+	CALLGRIND_TOGGLE_COLLECT;
+	return start;
+}
+
+static long long region_end(long long start)
+{
+	CALLGRIND_TOGGLE_COLLECT;
+	return now_ns() - start;
 }
 
 static int heap_alloc(int heap, size_t len)
@@ -125,7 +145,7 @@ static double v4l2_pairs(int fd, long n, int buffers)
 	for (long done = 0; done < n; done += buffers) {
 		while (!all_done(fd, buffers))
 			usleep(20000);
-		long long start = now_ns();
+		long long start = region_begin();
 		for (int i = 0; i < buffers; i++) {
 			if (ioctl(fd, VIDIOC_DQBUF, &b) < 0)
 				die("VIDIOC_DQBUF");
@@ -133,13 +153,15 @@ static double v4l2_pairs(int fd, long n, int buffers)
 			if (ioctl(fd, VIDIOC_QBUF, &b) < 0)
 				die("VIDIOC_QBUF");
 		}
-		timed += now_ns() - start;
+		timed += region_end(start);
 	}
 	return (double)timed / n;
 }
 
-/* N commits of the given (object, property, value) triples and an out-fence pointer; each waited for. */
-static void kms_commits(long n, int fd, __u32 crtc, __u32 out_prop, long pace_us, int count, char **triples)
+/* N commits of the given (object, property, value) triples and an out-fence pointer; each waited for.
+ * Times (and counts) the commit alone, or with `frame` the commit, the wait and the close. */
+static double kms_commits(long n, int frame, int fd, __u32 crtc, __u32 out_prop, long pace_us, int count,
+			  char **triples)
 {
 	__u32 objs[16], counts[16], props[32];
 	__u64 values[32];
@@ -164,22 +186,25 @@ static void kms_commits(long n, int fd, __u32 crtc, __u32 out_prop, long pace_us
 		.count_props_ptr = (__u64)(unsigned long)counts, .props_ptr = (__u64)(unsigned long)props,
 		.prop_values_ptr = (__u64)(unsigned long)values,
 	};
-	long long committing = 0, framing = 0;
+	long long timed = 0;
 	for (long i = 0; i < n; i++) {
-		long long t = now_ns();
+		long long t = region_begin();
 		if (ioctl(fd, DRM_IOCTL_MODE_ATOMIC, &atomic) < 0)
 			die("DRM_IOCTL_MODE_ATOMIC");
-		committing += now_ns() - t;
-		if (wait_fd(fence, POLLIN, 20000) != 1) {
+		if (!frame)
+			timed += region_end(t);
+		int signaled = wait_fd(fence, POLLIN, 20000) == 1;
+		close(fence);
+		if (frame)
+			timed += region_end(t);
+		if (!signaled) {
 			fprintf(stderr, "the out-fence did not signal within 20 s\n");
 			exit(1);
 		}
-		framing += now_ns() - t;
-		close(fence);
 		if (pace_us)
 			usleep(pace_us);
 	}
-	printf("%.1f %.1f\n", (double)committing / n, (double)framing / n);
+	return (double)timed / n;
 }
 
 static void syncobj_ioctl(int fd, unsigned long request, void *arg, const char *what)
@@ -197,7 +222,7 @@ static double syncobj_bench(const char *op, long n, const char *node, int buf)
 	syncobj_ioctl(fd, DRM_IOCTL_SYNCOBJ_CREATE, &create, "DRM_IOCTL_SYNCOBJ_CREATE");
 	uint32_t handle = create.handle;
 	int idle = export_sync_file(buf);
-	long long start = now_ns();
+	long long start = region_begin();
 	for (long i = 0; i < n; i++) {
 		uint64_t point = i + 1;
 		if (!strcmp(op, "syncobj_signal_wait")) {
@@ -224,16 +249,22 @@ static double syncobj_bench(const char *op, long n, const char *node, int buf)
 			close(out.fd);
 		}
 	}
-	long long elapsed = now_ns() - start;
+	long long elapsed = region_end(start);
 	close(idle);
 	close(fd);  /* destroys the syncobj */
 	return (double)elapsed / n;
 }
 
+static const char *const OPS[] = { "sync_pair", "cpu_access", "heap_alloc_4k", "heap_alloc_1m", "udmabuf_64k",
+				    "export_info_wait", "merge", "wait_idle", "fill_memset", "fill_memcpy" };
+enum { SYNC_PAIR, CPU_ACCESS, HEAP_ALLOC_4K, HEAP_ALLOC_1M, UDMABUF_64K, EXPORT_INFO_WAIT, MERGE, WAIT_IDLE,
+       FILL_MEMSET, FILL_MEMCPY, N_OPS };
+
 int main(int argc, char **argv)
 {
-	if (argc >= 7 && !strcmp(argv[1], "kms_commit")) {
-		kms_commits(atol(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atol(argv[6]), argc - 7, argv + 7);
+	if (argc >= 7 && (!strcmp(argv[1], "kms_commit") || !strcmp(argv[1], "kms_frame"))) {
+		printf("%.1f\n", kms_commits(atol(argv[2]), !strcmp(argv[1], "kms_frame"), atoi(argv[3]), atoi(argv[4]),
+					     atoi(argv[5]), atol(argv[6]), argc - 7, argv + 7));
 		return 0;
 	}
 	if (argc == 5 && !strcmp(argv[1], "v4l2_pair")) {
@@ -247,22 +278,24 @@ int main(int argc, char **argv)
 		printf("%.1f\n", syncobj_bench(argv[1], atol(argv[2]), argv[3], heap_alloc(heap, 4096)));
 		return 0;
 	}
-	if (argc != 3) {
+	int op = 0;
+	while (argc == 3 && op < N_OPS && strcmp(argv[1], OPS[op]))
+		op++;
+	if (argc != 3 || op == N_OPS) {
 		fprintf(stderr, "usage: %s OP ITERATIONS\n", argv[0]);
 		return 2;
 	}
-	const char *op = argv[1];
 	long n = atol(argv[2]);
 	int heap = open("/dev/dma_heap/system", O_RDONLY | O_CLOEXEC);
 	int udmabuf = open("/dev/udmabuf", O_RDONLY | O_CLOEXEC);
 	if (heap < 0 || udmabuf < 0)
 		die("open");
 	size_t big = 64 << 20;
-	int buf = heap_alloc(heap, strcmp(op, "fill_memset") && strcmp(op, "fill_memcpy") ? 4096 : big);
-	int bufs_big = buf;
+	int fill = op == FILL_MEMSET || op == FILL_MEMCPY;
+	int buf = heap_alloc(heap, fill ? big : 4096);
 	int fence_a = export_sync_file(buf), fence_b = export_sync_file(buf);
 	char *map = NULL, *src = NULL;
-	if (!strncmp(op, "fill_", 5)) {
+	if (fill) {
 		map = mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_SHARED, buf, 0);
 		src = malloc(big);
 		if (map == MAP_FAILED || !src)
@@ -271,15 +304,20 @@ int main(int argc, char **argv)
 		memset(map, 0, big);
 	}
 
-	long long start = now_ns();
+	long long start = region_begin();
 	for (long i = 0; i < n; i++) {
-		if (!strcmp(op, "sync_pair") || !strcmp(op, "cpu_access")) {
+		switch (op) {
+		case SYNC_PAIR:
+		case CPU_ACCESS:
 			sync_pair(buf);
-		} else if (!strcmp(op, "heap_alloc_4k")) {
+			break;
+		case HEAP_ALLOC_4K:
 			close(heap_alloc(heap, 4096));
-		} else if (!strcmp(op, "heap_alloc_1m")) {
+			break;
+		case HEAP_ALLOC_1M:
 			close(heap_alloc(heap, 1 << 20));
-		} else if (!strcmp(op, "udmabuf_64k")) {
+			break;
+		case UDMABUF_64K: {
 			int memfd = memfd_create("bench", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 			if (memfd < 0 || ftruncate(memfd, 65536) < 0 ||
 			    fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
@@ -290,34 +328,40 @@ int main(int argc, char **argv)
 				die("UDMABUF_CREATE");
 			close(memfd);
 			close(fd);
-		} else if (!strcmp(op, "export_info_wait")) {
+			break;
+		}
+		case EXPORT_INFO_WAIT: {
 			int fence = export_sync_file(buf);
 			file_info(fence);
 			if (wait_fd(fence, POLLIN, 0) != 1)
 				die("poll");
 			close(fence);
-		} else if (!strcmp(op, "merge")) {
+			break;
+		}
+		case MERGE: {
 			struct sync_merge_data data = { .name = "merged", .fd2 = fence_b };
 			if (ioctl(fence_a, SYNC_IOC_MERGE, &data) < 0)
 				die("SYNC_IOC_MERGE");
 			close(data.fence);
-		} else if (!strcmp(op, "wait_idle")) {
+			break;
+		}
+		case WAIT_IDLE:
 			if (wait_fd(buf, POLLIN, -1) != 1)
 				die("poll");
-		} else if (!strcmp(op, "fill_memset")) {
-			sync_write(bufs_big, DMA_BUF_SYNC_START);
+			break;
+		case FILL_MEMSET:
+			sync_write(buf, DMA_BUF_SYNC_START);
 			memset(map, 0xab, big);
-			sync_write(bufs_big, DMA_BUF_SYNC_END);
-		} else if (!strcmp(op, "fill_memcpy")) {
-			sync_write(bufs_big, DMA_BUF_SYNC_START);
+			sync_write(buf, DMA_BUF_SYNC_END);
+			break;
+		case FILL_MEMCPY:
+			sync_write(buf, DMA_BUF_SYNC_START);
 			memcpy(map, src, big);
-			sync_write(bufs_big, DMA_BUF_SYNC_END);
-		} else {
-			fprintf(stderr, "unknown op %s\n", op);
-			return 2;
+			sync_write(buf, DMA_BUF_SYNC_END);
+			break;
 		}
 	}
-	long long elapsed = now_ns() - start;
+	long long elapsed = region_end(start);
 	printf("%.1f\n", (double)elapsed / n);
 	return 0;
 }
