@@ -16,7 +16,6 @@ _ALLOCATION_DATA = ffi.typeof("struct dma_heap_allocation_data *")
 _READWRITE = os.O_RDWR | os.O_CLOEXEC
 _new = ffi.new
 _buffer = ffi.buffer
-_object = object.__new__
 _READONLY = os.O_RDONLY | os.O_CLOEXEC
 
 
@@ -152,11 +151,8 @@ class Heap(FdObject):
         machine's RAM is refused with ENOMEM before the kernel is asked, as
         the system heap would rather wake the OOM killer than fail.
         """
-        fd = self._fd  # per call as little Python as the kernel work allows: allocation is an fd-making path
-        if fd < 0:
-            raise self._closed_error()
-        if type(size) is not int:
-            size = check_int(size, "size")
+        fd = self.fileno()
+        size = check_int(size, "size")
         if not 0 < size <= _RAM:
             if size <= 0 or size > 2**64 - _uapi.PAGE_SIZE:
                 raise ValueError(f"size must be a positive number of bytes below 2**64 - page size, not {size}")
@@ -175,9 +171,7 @@ class Heap(FdObject):
                 fix = _explain_enomem(self.name, size) or fix
             ioctl_failed(e, fd, _ALLOC, view, f"DMA_HEAP_IOCTL_ALLOC of {size} bytes from {self._path}",
                          {errno.ENOMEM: fix})
-        buf = _object(DmaBuf)  # DmaBuf._wrap(), inline
-        buf._fd = data.fd
-        return buf
+        return DmaBuf._wrap(data.fd)
 
 
 def _explain_enomem(heap: str, size: int) -> str | None:

@@ -46,9 +46,13 @@ _DMABUF = _uapi.V4L2_MEMORY_DMABUF
 _QBUF = _uapi.VIDIOC_QBUF
 _DQBUF = _uapi.VIDIOC_DQBUF
 _BUFFER = ffi.typeof("struct v4l2_buffer *")
+# Measured worth of the per-frame shortcuts below (tools/bench --instructions, V4L2 dequeue+queue pair,
+# user-space instructions): the inline fd checks, index test and timeout gate in queue() and dequeue() save
+# 18% (17,325 with fileno(), check_int() and check_timeout() called each time, 14,263 without); building
+# each Frame with tuple.__new__ saves 11% (14,263 with Frame(...), 12,728 without).
 _NUMBERS = (int, float)  # a timeout of these types, >= 0, needs no check_timeout() on the per-frame path
 _FD = operator.attrgetter("_fd")
-_tuple_new = tuple.__new__  # Frame(...) without namedtuple's Python-level __new__
+_tuple_new = tuple.__new__  # Frame(...) without namedtuple's Python-level __new__ (see above)
 _PLANES = ffi.typeof("struct v4l2_plane[]")
 
 

@@ -27,3 +27,19 @@ def test_bench_runs_every_operation_three_ways():
     assert tracing["untraced"] and tracing["traced"] and tracing["events_per_s"][0] > 0
     assert tracing["read"] + tracing["dropped"] >= len(tracing["events_per_s"]) * tracing["burst"]
     assert set(report["native"]) and all(ns > 0 for ns in report["native"].values())
+
+
+@boots_vm
+def test_bench_counts_instructions_three_ways():
+    """tools/bench --instructions, quick, on two operations: one counted as a whole loop, one span per pair."""
+    done = run_group([sys.executable, BENCH, "--instructions", "--quick", "--only", "sync_pair,v4l2_pair", "--json"],
+                     cwd=TOP, timeout=VM_LIMIT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert set(report["results"]) == {"sync_pair", "v4l2_pair"}
+    for op, counts in report["results"].items():
+        # C makes two ioctl(2) calls in well under 1,000 instructions; Python needs thousands
+        assert 0 < counts["c"] < 1_000 < counts["handrolled"] and counts["linuxdmabuf"] > 1_000, (op, counts)
+    assert 0 < report["span"] < 5_000
+    imports = report["import"]
+    assert imports["import linuxdmabuf"] > imports["python -c pass"] > 1_000_000
