@@ -33,7 +33,7 @@ def test_bench_runs_every_operation_three_ways():
 def test_bench_counts_instructions_three_ways():
     """tools/bench --instructions, quick, on two operations: one counted as a whole loop, one span per pair."""
     done = run_group([sys.executable, BENCH, "--instructions", "--quick", "--only", "sync_pair,v4l2_pair", "--json"],
-                     cwd=TOP, timeout=VM_LIMIT)
+                     cwd=TOP, timeout=2 * VM_LIMIT)  # Python under valgrind under TCG: about 4 minutes
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
     assert set(report["results"]) == {"sync_pair", "v4l2_pair"}
