@@ -70,6 +70,10 @@ def test_info_on_a_kernel_without_providers_names_kernel_options():
     assert any("CONFIG_DMABUF_HEAPS" in f for f in blocking) and any("udmabuf" in f.lower() for f in blocking)
     run = _info()
     assert run.returncode == 1 and "can be allocated here by this user: NO" in run.stdout
+    # the last fix is the VM runner, which has every device whatever this kernel lacks
+    assert run.stdout.rstrip().splitlines()[-2:] == [
+        "  - or run the code in a VM whose kernel has every device: linuxdmabuf vm -- CMD",
+        "      (QEMU; the kernel is built once by `linuxdmabuf vm --fetch`, or set $LINUXDMABUF_FULL_KERNEL)"]
 
 
 # -- in the VM, as root ------------------------------------------------------------------------------

@@ -435,6 +435,9 @@ def print_text(doc: dict, out=None) -> None:
             mark = "!" if f["blocks_allocation"] else "-"
             say(f"  {mark} {f['problem']}")
             say(f"      fix: {f['fix']}")
+        if not doc["can_allocate"]:
+            say("  - or run the code in a VM whose kernel has every device: linuxdmabuf vm -- CMD")
+            say("      (QEMU; the kernel is built once by `linuxdmabuf vm --fetch`, or set $LINUXDMABUF_FULL_KERNEL)")
 
 
 def _node_text(node: dict) -> str:
