@@ -1,8 +1,11 @@
 /* V4L2: just what moving dma-bufs in and out of a video device needs
  * (linuxdmabuf/v4l2.py); linuxdmabuf is not a V4L2 binding.
  * Taken from Linux 7.2.13 include/uapi/linux/videodev2.h (Debian linux-libc-dev 7.2.13-1).
- * struct timeval is the C library's (<sys/time.h>): two longs on every ABI
- * the kernel's compat layer does not translate. v4l2_format's union holds
+ * struct timeval is the C library's (<sys/time.h>) with 64-bit time_t: two
+ * 64-bit integers on every ABI (on 32-bit ones, as built with glibc's
+ * _TIME_BITS=64, the default of Debian's armhf since trixie). The kernel takes
+ * this form and the older 32-bit one (VIDIOC_*_TIME32) from 32-bit programs;
+ * only this one holds timestamps past 2038. v4l2_format's union holds
  * pointers (struct v4l2_window), hence its `align` member here: the union
  * starts 8 bytes in on 64-bit machines, as in the header.
  * v4l2_plane_pix_format is packed there; its 20 bytes need no padding either way. */
@@ -119,8 +122,8 @@ struct v4l2_plane {
 };
 
 struct timeval {
-    long tv_sec;
-    long tv_usec;
+    __s64 tv_sec;
+    __s64 tv_usec;
 };
 
 struct v4l2_timecode {

@@ -84,7 +84,9 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def _vm_line() -> str:
     spec = os.environ.get("LINUXDMABUF_VM_KERNEL", "?")
-    return f"linuxdmabuf-vm: guest kernel {os.uname().release} ({spec}); {_devices()}; {feature_line()}"
+    arch = os.environ.get("LINUXDMABUF_VM_ARCH") or "x86_64"
+    return (f"linuxdmabuf-vm: guest kernel {os.uname().release} ({spec}, {arch} userland); {_devices()}; "
+            f"{feature_line()}")
 
 
 def _devices() -> str:
@@ -122,9 +124,10 @@ def expected_features() -> tuple:
     if explicit is not None:
         return tuple(f.strip() for f in explicit.split(",") if f.strip())
     if os.environ.get("LINUXDMABUF_IN_VM"):
-        from linuxdmabuf.vm.kernels import EXPECTED
+        from linuxdmabuf.vm.kernels import EXPECTED, expected_key
 
-        return EXPECTED.get(os.environ.get("LINUXDMABUF_VM_KERNEL", ""), ())
+        return EXPECTED.get(expected_key(os.environ.get("LINUXDMABUF_VM_KERNEL", ""),
+                                         os.environ.get("LINUXDMABUF_VM_ARCH") or "x86_64"), ())
     return ()
 
 

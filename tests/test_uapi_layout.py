@@ -3,11 +3,15 @@
 A C probe, generated from what cffi knows, is compiled against the headers
 (linux-libc-dev: tools/uapi-headers gives the newest, fetched by the set-up
 command) and prints every struct size, field offset, constant and ioctl number
-the library uses; each must equal cffi's / linuxdmabuf._uapi's value. The
+the library uses; each must equal cffi's / linuxdmabuf._uapi's value. It does
+so on each architecture of the VM runner (x86_64, i386, armhf, arm64), with
+Debian's cross compilers and, for the values cffi computes there, the Python
+of that architecture's Debian userland, both run under qemu-user. The
 sw_sync structs live in drivers/dma-buf/sw_sync.c, in no header: the kernel
 itself checks them (tests/test_syncfile.py's ioctls only work if the request
 numbers, which encode the struct sizes, are exactly the kernel's).
 """
+import json
 import os
 import re
 import shutil
@@ -18,6 +22,8 @@ import pytest
 
 from linuxdmabuf import _uapi
 from linuxdmabuf._uapi import ffi
+from linuxdmabuf.vm import userland
+from linuxdmabuf.vm.userland import ARCHES
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CDEFS = os.path.join(TOP, "cdefs")
@@ -83,10 +89,24 @@ def _include_dir() -> str:
     return done.stdout.strip() or "/usr/include"
 
 
-def test_cdefs_and_ioctl_numbers_match_the_uapi_headers(tmp_path):
-    cc = shutil.which("cc") or shutil.which("gcc")
+# A 32-bit program sees struct timeval (in struct v4l2_buffer) as the cdefs
+# declare it when built with 64-bit time_t, as Debian's armhf now is by default.
+TIME64 = ["-D_TIME_BITS=64", "-D_FILE_OFFSET_BITS=64"]
+
+
+@pytest.mark.parametrize("arch", list(ARCHES))
+def test_cdefs_and_ioctl_numbers_match_the_uapi_headers(arch, tmp_path):
+    """On each architecture of the VM runner: the probe built by Debian's compiler for it (run under
+    qemu-user for a foreign one) equals what cffi computes in a Python of that architecture (the
+    cached Debian userland's, under qemu-user)."""
+    guest = ARCHES[arch]
+    native = guest.debian is None
+    cc = (shutil.which("cc") or shutil.which("gcc")) if native else shutil.which(guest.cc)
     if cc is None:
-        pytest.skip("no C compiler (apt-get install gcc) to build the header probe")
+        pytest.skip("no C compiler (apt-get install gcc) to build the header probe" if native else
+                    f"no {guest.cc} to build the {arch} header probe: apt-get install {guest.cc_package}")
+    if not native and shutil.which(guest.qemu_user) is None:
+        pytest.skip(f"no {guest.qemu_user} to run {arch} programs here: apt-get install qemu-user-static")
     include = _include_dir()
     if not os.path.exists(os.path.join(include, "linux", "sync_file.h")):
         pytest.skip(f"no uAPI headers in {include}: apt-get install linux-libc-dev, or tools/uapi-headers --fetch")
@@ -94,22 +114,31 @@ def test_cdefs_and_ioctl_numbers_match_the_uapi_headers(tmp_path):
         if "SYNC_IOC_SET_DEADLINE" not in f.read():
             pytest.skip(f"the uAPI headers in {include} predate SYNC_IOC_SET_DEADLINE (Linux 6.3): "
                         "tools/uapi-headers --fetch gets Debian unstable's")
-    expected, source = _expected_and_probe()
+    if native:
+        expected, source = _expected_and_probe()
+        multiarch = subprocess.run([cc, "-print-multiarch"], capture_output=True, text=True).stdout.strip()
+        run = []
+    else:
+        root = userland.resolve(arch, log=print)
+        python = subprocess.run([*guest.qemu_user_argv(root, "/usr/bin/python3"), os.path.abspath(__file__)],
+                                env=dict(os.environ, PYTHONPATH=TOP, PYTHONDONTWRITEBYTECODE="1"),
+                                check=True, capture_output=True, text=True)
+        expected, source = json.loads(python.stdout)
+        multiarch, run = guest.triplet, [guest.qemu_user]
     (tmp_path / "probe.c").write_text(source)
     # -nostdinc would lose libc's headers: put the uAPI tree (and its asm/ of
     # this architecture) ahead of the system's instead.
-    multiarch = subprocess.run([cc, "-print-multiarch"], capture_output=True, text=True).stdout.strip()
     flags = ["-isystem", include] + (["-isystem", os.path.join(include, multiarch)] if multiarch else [])
-    subprocess.run([cc, "-std=gnu11", "-Wall", "-Werror", *flags, "-o", str(tmp_path / "probe"),
+    subprocess.run([cc, "-std=gnu11", "-Wall", "-Werror", "-static", *TIME64, *flags, "-o", str(tmp_path / "probe"),
                     str(tmp_path / "probe.c")], check=True, capture_output=True, text=True)
     probed = {}
-    for line in subprocess.run([str(tmp_path / "probe")], check=True, capture_output=True,
+    for line in subprocess.run([*run, str(tmp_path / "probe")], check=True, capture_output=True,
                                text=True).stdout.splitlines():
         key, value = line.rsplit(" ", 1)
         probed[key] = int(value)
     assert probed == expected
     assert len(expected) > 100  # every struct, field, constant and ioctl really was checked
-    print(f"{len(expected)} sizes, offsets, constants and ioctl numbers equal {include}'s")
+    print(f"{arch}: {len(expected)} sizes, offsets, constants and ioctl numbers equal {include}'s")
 
 
 def test_ioctl_numbers_against_known_values():
@@ -124,3 +153,7 @@ def test_ioctl_numbers_against_known_values():
              "SW_SYNC_GET_DEADLINE": 0xC0105702, "DRM_IOCTL_VGEM_FENCE_ATTACH": 0xC0106441,
              "DRM_IOCTL_VGEM_FENCE_SIGNAL": 0x40086442, "DRM_IOCTL_PRIME_FD_TO_HANDLE": 0xC00C642E}
     assert {name: getattr(_uapi, name) for name in known} == known
+
+
+if __name__ == "__main__":  # in a Python of another architecture: what cffi computes there, and the probe
+    print(json.dumps(_expected_and_probe()))

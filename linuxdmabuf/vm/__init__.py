@@ -26,10 +26,12 @@ import tempfile
 import threading
 import time
 
-from .kernels import EXPECTED, HEARTBEAT, MODULES, SPECS, Kernel, KernelError, cache_dir, resolve
+from . import userland
+from .kernels import EXPECTED, HEARTBEAT, KERNEL_ARCHES, MODULES, SPECS, Kernel, KernelError, cache_dir, resolve
+from .userland import ARCHES
 
-__all__ = ["run", "resolve", "Kernel", "KernelError", "VMError", "Terminated", "SPECS", "EXPECTED", "accelerator",
-           "extra_append"]
+__all__ = ["run", "resolve", "Kernel", "KernelError", "VMError", "Terminated", "SPECS", "EXPECTED", "ARCHES",
+           "accelerator", "extra_append"]
 
 # Exit statuses of the runner itself, chosen like timeout(1) and env(1).
 EXIT_TIMEOUT = 124
@@ -105,7 +107,7 @@ def accelerator(kernel: Kernel, qemu: str, log=None) -> str:
     forced = os.environ.get("LINUXDMABUF_VM_ACCEL")
     if forced in ("kvm", "tcg"):
         return forced
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if kernel.arch != _host_kernel_arch() or not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
@@ -152,6 +154,10 @@ def accelerator(kernel: Kernel, qemu: str, log=None) -> str:
     except OSError:
         pass  # not remembered: probed again next time
     return accel
+
+
+def _host_kernel_arch() -> str:
+    return {"aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 
 
 def memory_mib(memory: str) -> int:
@@ -241,7 +247,8 @@ def _closed_ancestors(paths) -> list:
     return sorted(found)
 
 
-def _guest_script(outdir: str, cmd: list, cwd: str, env: dict, user: str | None, opened: list, spec: str) -> str:
+def _guest_script(outdir: str, cmd: list, cwd: str, env: dict, user: str | None, opened: list, spec: str,
+                  arch: str = "x86_64") -> str:
     q = shlex.quote
     lines = [
         "#!/bin/sh",
@@ -258,7 +265,8 @@ def _guest_script(outdir: str, cmd: list, cwd: str, env: dict, user: str | None,
         "  done",
         "fi",
         *(f"export {k}={q(v)}" for k, v in sorted(env.items())),
-        f"export LINUXDMABUF_IN_VM=1 LINUXDMABUF_VM_KERNEL={q(spec)} PYTHONUNBUFFERED=1",
+        f"export LINUXDMABUF_IN_VM=1 LINUXDMABUF_VM_KERNEL={q(spec)} LINUXDMABUF_VM_ARCH={q(arch)} "
+        "PYTHONUNBUFFERED=1",
     ]
     if opened:
         lines.append("chmod o+x " + " ".join(q(d) for d in opened))
@@ -315,10 +323,39 @@ def _console_tail(path: str, lines: int = 40) -> str:
     return "\n".join(line for line in text.splitlines()[-lines:])
 
 
+# A foreign guest's own PATH; this machine's interpreters and venvs mean nothing there.
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_ENV_HOST_ONLY = {"PATH", "VIRTUAL_ENV", "PYTHONHOME", "LD_LIBRARY_PATH", "LD_PRELOAD", "CONDA_PREFIX"}
+# Where a foreign guest sees this package (read-only), put on its PYTHONPATH.
+GUEST_PYTHONPATH = "/run/linuxdmabuf/python"
+
+
+def _distribution_metadata(directory: str) -> str:
+    """`directory`, holding this package's distribution metadata for a foreign guest's Python: its
+    pytest plugin's entry point, so that pytest there loads it as it does here."""
+    from linuxdmabuf import __version__
+
+    info = os.path.join(directory, f"linuxdmabuf-{__version__}.dist-info")
+    os.makedirs(info)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write(f"Metadata-Version: 2.1\nName: linuxdmabuf\nVersion: {__version__}\n")
+    with open(os.path.join(info, "entry_points.txt"), "w") as f:
+        f.write("[pytest11]\nlinuxdmabuf = linuxdmabuf.pytest_plugin\n")
+    return directory
+
+
 def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str | None = None, cpus: int = 2,
         memory: str = "2G", timeout: float | None = 3600, boot_timeout: float = 300, rwdirs=(), append=(),
-        stdout=None, stderr=None, log=None) -> int:
+        stdout=None, stderr=None, log=None, arch: str = "x86_64") -> int:
     """Boot a VM on `kernel`, run `cmd` (a list) in `cwd` inside it, return its exit status.
+
+    `arch` is the guest's architecture (vm.ARCHES): x86_64 boots with this
+    machine's root filesystem; arm64, armhf (32-bit, on the arm64 kernel) and
+    i386 (32-bit, on the x86_64 kernel) boot a Debian userland of their own
+    (built once, cached), where `cmd` runs with the guest's PATH, this
+    package on PYTHONPATH with its pytest plugin's entry point; `cwd`
+    and `rwdirs` are shared at the same paths. A kernel image path must be
+    one for `arch`'s kernel (x86_64 or arm64).
 
     Streams the command's output to `stdout`/`stderr` (binary streams,
     default ours). `user` runs it as that user of this machine instead of
@@ -357,30 +394,71 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
     for d in rwdirs:
         if not os.path.isdir(d):
             raise VMError(f"--rwdir {d} is not a directory")
-    qemu = _need("qemu-system-x86_64", "install QEMU (apt-get install qemu-system-x86) or run udmabuf-setup.sh")
+    guest = userland.guest_arch(arch) if arch in ARCHES else None
+    if guest is None:
+        raise VMError(f"no guest architecture {arch!r}: use one of {', '.join(ARCHES)}")
+    family = KERNEL_ARCHES[guest.kernel]
+    qemu = _need(family.qemu, f"install QEMU for {guest.kernel} guests (apt-get install {family.package}) "
+                                 "or run udmabuf-setup.sh")
     vng = _need("vng", "install virtme-ng (pip install 'linuxdmabuf[vm]') or run udmabuf-setup.sh")
-    _need("busybox", "install busybox (apt-get install busybox-static), which virtme-ng's guest init needs")
+    if guest.debian is None:
+        _need("busybox", "install busybox (apt-get install busybox-static), which virtme-ng's guest init needs")
     if user is not None:
         try:
             pwd.getpwnam(user)
         except KeyError:
             raise VMError(f"no user {user!r} on this machine (the VM shares its /etc/passwd)") from None
     if not isinstance(kernel, Kernel):
-        kernel = resolve(kernel, log=log)
+        kernel = resolve(kernel, log=log, arch=guest.kernel)
+    elif kernel.arch != guest.kernel:
+        raise VMError(f"kernel {kernel.image} is an {kernel.arch} kernel; an {arch} guest needs an {guest.kernel} one")
+    root = userland.resolve(arch, log=log) if guest.debian else None
     accel = accelerator(kernel, qemu, log)
     append = [*append, *extra_append()]
 
     with tempfile.TemporaryDirectory(prefix="linuxdmabuf-vm-") as outdir:
-        # Inside the VM, let every user reach cwd and the command (nobody must
-        # be able to run /root/.../venv/bin/python): a guest-only chmod.
-        opened = _closed_ancestors([cwd, shutil.which(cmd[0]) or cmd[0]])
         env = {k: v for k, v in os.environ.items() if k not in _ENV_SKIP and k.isidentifier()}
+        mounts = []
+        if root is None:
+            # Inside the VM, let every user reach cwd and the command (nobody must
+            # be able to run /root/.../venv/bin/python): a guest-only chmod.
+            opened = _closed_ancestors([cwd, shutil.which(cmd[0]) or cmd[0]])
+        else:
+            opened = []
+            for name in _ENV_HOST_ONLY:
+                env.pop(name, None)
+            package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env["PATH"] = GUEST_PATH
+            # The shared trees are read-only there and their bytecode is this machine's Python's:
+            # the guest's Python compiles once per boot into its own /tmp.
+            env.setdefault("PYTHONPYCACHEPREFIX", "/tmp/linuxdmabuf-pycache")
+            metadata = _distribution_metadata(os.path.join(outdir, "python"))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [GUEST_PYTHONPATH, metadata,
+                                                              os.environ.get("PYTHONPATH")]))
+            writable = [os.path.abspath(d) for d in (outdir, *rwdirs)]
+            mounts = [f"--rwdir={d}={d}" for d in writable]
+            if cwd not in writable:
+                mounts.append(f"--rodir={cwd}={cwd}")
+            mounts.append(f"--rodir={GUEST_PYTHONPATH}/linuxdmabuf={package}")
+            guest_dirs = [cwd, *writable]
+            moddir = os.path.dirname(kernel.image)
+            if os.path.exists(os.path.join(moddir, "modules.dep")):
+                # A Debian kernel's modules: virtme-ng expects them in the root it is given.
+                guest_dirs.append(f"/usr/lib/modules/{os.path.basename(moddir)}")
+                mounts.append(f"--rodir={guest_dirs[-1]}={moddir}")
+            userland.mountpoints(root, guest_dirs)
         script = write_private(os.path.join(outdir, "guest.sh"),
-                               _guest_script(outdir, cmd, cwd, env, user, opened, kernel.spec))
+                               _guest_script(outdir, cmd, cwd, env, user, opened, kernel.spec, arch))
         argv = [vng, "--run", kernel.image, "--cpus", str(cpus), "--memory", str(memory), "--verbose",
-                "--qemu", qemu, "--cwd", cwd, "--rwdir", outdir, "--exec", f"sh {shlex.quote(script)}",
+                "--qemu", qemu, "--exec", f"sh {shlex.quote(script)}",
                 "--force-9p", "--append", ROOT_9P_FLAGS, "--append", GUEST_APPEND,
                 f"--qemu-opts={QEMU_DEVICES}"]
+        if root is None:
+            argv += ["--cwd", cwd, "--rwdir", outdir]
+        else:
+            argv += ["--root", root, "--busybox", os.path.join(root, "usr", "bin", "busybox"), *mounts]
+            if guest.kernel != _host_kernel_arch():
+                argv += ["--arch", guest.kernel]
         if accel == "tcg":
             # One host thread runs all vCPUs: with a thread per vCPU, guests crash when the kernel
             # patches its own code while another vCPU runs it (enabling trace events, 200 toggles
@@ -388,7 +466,7 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
             argv += ["--disable-kvm", "--qemu-opts=-accel tcg,thread=single"]
         for arg in append:
             argv += ["--append", arg]
-        for d in rwdirs:
+        for d in rwdirs if root is None else ():
             argv += ["--rwdir", os.path.abspath(d)]
         for d in opened:
             if os.path.dirname(d) not in opened:  # the topmost closed directory gets a writable overlay
@@ -396,8 +474,8 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
         with _terminate_as_exit(), _say_when_stopped(log):
             for attempt in (1, 2):
                 try:
-                    status = _boot(argv, outdir, stdout, stderr, timeout, boot_timeout, kernel.spec, accel, memory,
-                                   log)
+                    status = _boot(argv, outdir, stdout, stderr, timeout, boot_timeout,
+                                   kernel.spec if arch == "x86_64" else f"{kernel.spec} {arch}", accel, memory, log)
                     break
                 except VMError as e:
                     # A kernel that dies or hangs before the command starts has done
@@ -525,7 +603,7 @@ def _read(path: str) -> str:
 
 
 def main(argv=None) -> int:
-    """``linuxdmabuf vm [--kernel SPEC] [--user NAME] [--cpus N] [--memory SIZE] [...] -- CMD...``"""
+    """``linuxdmabuf vm [--kernel SPEC] [--arch ARCH] [--user NAME] [--cpus N] [--memory SIZE] [...] -- CMD...``"""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -536,6 +614,10 @@ def main(argv=None) -> int:
                     "127: CMD not found in the VM, 128+N: CMD killed by signal N).")
     parser.add_argument("--kernel", default="full", metavar="SPEC",
                         help=f"one of {', '.join(SPECS)} or a kernel image path (default: full)")
+    parser.add_argument("--arch", default="x86_64", choices=list(ARCHES),
+                        help="the guest's architecture (default x86_64, this machine's own root filesystem); arm64, "
+                             "armhf (32-bit on the arm64 kernel) and i386 (32-bit on the x86_64 kernel) boot a "
+                             "Debian userland built once and cached")
     parser.add_argument("--user", help="run CMD as this user of this machine instead of root")
     parser.add_argument("--cpus", type=int, default=2, help="guest CPUs (default 2)")
     parser.add_argument("--memory", default="2G", help="guest memory, QEMU syntax (default 2G)")
@@ -546,15 +628,19 @@ def main(argv=None) -> int:
                         help="extra kernel command-line arguments (repeatable)")
     parser.add_argument("--rwdir", action="append", default=[], help="a host directory the guest may write to")
     parser.add_argument("--fetch", action="store_true",
-                        help="only fetch (or build) and cache the kernels named by --kernel (comma-separated)")
+                        help="only fetch (or build) and cache the kernels named by --kernel (comma-separated) "
+                             "for --arch, and that architecture's userland")
     parser.add_argument("cmd", nargs="*", help="the command to run in the VM (after --)")
     args = parser.parse_args(argv)
     try:
         if args.fetch:
             if args.cmd:
                 parser.error("--fetch takes no command")
+            guest = ARCHES[args.arch]
             for spec in args.kernel.split(","):
-                print(f"{spec}: {resolve(spec).image}")
+                print(f"{spec}: {resolve(spec, arch=guest.kernel).image}")
+            if guest.debian:
+                print(f"{args.arch} userland: {userland.resolve(args.arch)}")
             return 0
         if not args.cmd:
             parser.error("no command given: linuxdmabuf vm [options] -- CMD...")
@@ -562,7 +648,8 @@ def main(argv=None) -> int:
             if not getattr(args, name) > 0:
                 parser.error(f"--{name.replace('_', '-')} must be a positive number of seconds")
         return run(args.cmd, kernel=args.kernel, user=args.user, cpus=args.cpus, memory=args.memory,
-                   timeout=args.timeout, boot_timeout=args.boot_timeout, rwdirs=args.rwdir, append=args.append)
+                   timeout=args.timeout, boot_timeout=args.boot_timeout, rwdirs=args.rwdir, append=args.append,
+                   arch=args.arch)
     except (KernelError, OSError) as e:
         print(f"linuxdmabuf vm: {e}", file=sys.stderr)
         return EXIT_RUNNER
