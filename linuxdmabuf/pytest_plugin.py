@@ -22,6 +22,7 @@ import sys
 import pytest
 
 OPTION = "--linuxdmabuf-vm"
+GUEST_ARCHES = ["x86_64", "arm64", "armhf", "i386"]  # linuxdmabuf.vm.ARCHES (tests/test_pytest_plugin.py checks)
 
 MARKERS = {
     "requires": "requires(*features): skip unless these linuxdmabuf.probe features can be used (fail where the "
@@ -38,6 +39,10 @@ def pytest_addoption(parser):
                     help="run this pytest session inside a QEMU VM on a kernel with real dma-buf devices: "
                          f"{OPTION} for the full kernel, {OPTION}=SPEC for another: debian-7.2, debian-6.12 "
                          "or a kernel image path (the SPEC needs the '=')")
+    group.addoption(f"{OPTION}-arch", default="x86_64", choices=GUEST_ARCHES,
+                    help="the guest's architecture: x86_64 (default, this machine's root filesystem), arm64, "
+                         "armhf (32-bit on the arm64 kernel) or i386 (32-bit on the x86_64 kernel), which run the "
+                         "session with a cached Debian userland's python3")
     group.addoption(f"{OPTION}-cpus", type=int, default=2, metavar="N", help="guest CPUs (default 2)")
     group.addoption(f"{OPTION}-memory", default="2G", metavar="SIZE", help="guest memory (default 2G)")
     group.addoption(f"{OPTION}-timeout", type=float, default=3600, metavar="SECONDS",
@@ -85,8 +90,8 @@ def pytest_terminal_summary(terminalreporter, config):
 def _vm_line() -> str:
     spec = os.environ.get("LINUXDMABUF_VM_KERNEL", "?")
     arch = os.environ.get("LINUXDMABUF_VM_ARCH") or "x86_64"
-    return (f"linuxdmabuf-vm: guest kernel {os.uname().release} ({spec}, {arch} userland); {_devices()}; "
-            f"{feature_line()}")
+    where = spec if arch == "x86_64" else f"{spec}, {arch} userland"
+    return f"linuxdmabuf-vm: guest kernel {os.uname().release} ({where}); {_devices()}; {feature_line()}"
 
 
 def _devices() -> str:
@@ -486,11 +491,12 @@ def pytest_unconfigure(config):
         _tracer.pop().close()
 
 
-VM_OPTIONS = (f"{OPTION}-cpus", f"{OPTION}-memory", f"{OPTION}-timeout", f"{OPTION}-append")
+VM_OPTIONS = (f"{OPTION}-arch", f"{OPTION}-cpus", f"{OPTION}-memory", f"{OPTION}-timeout", f"{OPTION}-append")
 
 
 def _inner_command(config) -> list:
-    """This pytest command line for the VM: the same interpreter and entry point, without our option."""
+    """This pytest command line for the VM: the same interpreter and entry point, without our option
+    (in a guest of another architecture: its python3 -m pytest)."""
     args, skip_next = [], False
     for arg in config.invocation_params.args:
         if arg == OPTION or arg.startswith(f"{OPTION}="):
@@ -504,6 +510,8 @@ def _inner_command(config) -> list:
         if arg.startswith(tuple(f"{option}=" for option in VM_OPTIONS)):
             continue
         args.append(arg)
+    if config.getoption("linuxdmabuf_vm_arch") != "x86_64":
+        return ["python3", "-m", "pytest", *args]
     script = sys.argv[0] if sys.argv else ""
     if os.path.basename(script) in ("pytest", "py.test") and os.path.isfile(script):
         # The console script: unlike `python -m pytest`, it does not put the
@@ -528,7 +536,7 @@ def pytest_cmdline_main(config):
         return vm.run(_inner_command(config), kernel=spec, cwd=str(config.invocation_params.dir), rwdirs=rwdirs,
                       cpus=config.getoption("linuxdmabuf_vm_cpus"), memory=config.getoption("linuxdmabuf_vm_memory"),
                       timeout=config.getoption("linuxdmabuf_vm_timeout"),
-                      append=config.getoption("linuxdmabuf_vm_append"))
+                      append=config.getoption("linuxdmabuf_vm_append"), arch=config.getoption("linuxdmabuf_vm_arch"))
     except (vm.VMError, vm.KernelError, OSError) as e:
         print(f"linuxdmabuf vm: {e}", file=sys.stderr, flush=True)
         return getattr(e, "status", vm.EXIT_RUNNER)

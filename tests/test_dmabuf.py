@@ -1,8 +1,8 @@
 """DmaBuf on real buffers: identity, names, mappings, CPU access, implicit fences."""
 import errno
 import os
-import sys
 import signal
+import sys
 import time
 
 import pytest

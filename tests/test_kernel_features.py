@@ -9,7 +9,8 @@ import pytest
 
 from linuxdmabuf import probe
 from linuxdmabuf.pytest_plugin import expected_features, is_expected, need
-from linuxdmabuf.vm.kernels import EXPECTED, MODULES, SPECS
+from linuxdmabuf.vm.kernels import EXPECTED, MODULES, SPECS, expected_key
+from linuxdmabuf.vm.userland import ARCHES
 
 
 def pytest_generate_tests(metafunc):
@@ -25,12 +26,16 @@ def test_expected_feature(feature):
 
 
 def test_every_spec_declares_known_features():
-    assert set(EXPECTED) == set(SPECS)
+    assert set(SPECS) <= set(EXPECTED)
+    for key in EXPECTED:  # "spec" (x86_64) or "spec/arch"
+        spec, _, arch = key.partition("/")
+        assert spec in SPECS and (not arch or arch in ARCHES and arch != "x86_64"), key
+        assert expected_key(spec, arch or "x86_64") == key
     for spec, features in EXPECTED.items():
         assert len(set(features)) == len(features), spec
         for feature in features:
             assert probe.describe(feature)
-    assert {"udmabuf", "heap:system", "drm:vgem", "v4l2:vivid"} <= set.intersection(*map(set, EXPECTED.values()))
+    assert {"udmabuf", "drm:vgem", "v4l2:vivid"} <= set.intersection(*map(set, EXPECTED.values()))
     assert set(MODULES) >= {"udmabuf", "vgem", "vivid"}
 
 
@@ -51,6 +56,12 @@ def test_expectations_come_from_the_environment(monkeypatch):
     assert is_expected("cma_heap") and is_expected("dma_heap") and is_expected("heap:reserved")
     monkeypatch.setenv("LINUXDMABUF_VM_KERNEL", "debian-6.12")
     assert not is_expected("cma_heap") and not is_expected("sw_sync") and is_expected("dma_heap")
+    monkeypatch.setenv("LINUXDMABUF_VM_KERNEL", "debian-7.2")
+    monkeypatch.setenv("LINUXDMABUF_VM_ARCH", "arm64")
+    assert not is_expected("dma_heap") and is_expected("udmabuf")  # Debian's arm64 kernels have no heaps
+    monkeypatch.setenv("LINUXDMABUF_VM_KERNEL", "full")
+    assert expected_features() == EXPECTED["full/arm64"] and "trace:dma_buf" not in expected_features()
+    monkeypatch.delenv("LINUXDMABUF_VM_ARCH")
     monkeypatch.setenv("LINUXDMABUF_VM_KERNEL", "/some/bzImage")
     assert expected_features() == ()
     monkeypatch.setenv("LINUXDMABUF_EXPECT", "udmabuf, drm:vgem")

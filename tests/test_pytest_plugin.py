@@ -329,6 +329,16 @@ def test_spec_after_equals_sign_and_vm_options(project, stub_vm):
     assert cmd[-3:] == ["-k", "one", "sub"]
 
 
+def test_guest_architecture_reaches_the_runner_with_the_guests_python(project, stub_vm):
+    from linuxdmabuf.pytest_plugin import GUEST_ARCHES
+
+    assert GUEST_ARCHES == list(vm.ARCHES)
+    result = project.runpytest_inprocess("--linuxdmabuf-vm", "--linuxdmabuf-vm-arch", "armhf", "sub", "-q")
+    assert result.ret == 7
+    [(cmd, kwargs)] = stub_vm
+    assert kwargs["arch"] == "armhf" and cmd == ["python3", "-m", "pytest", "sub", "-q"]
+
+
 def test_kernel_command_line_reaches_the_runner(project, stub_vm):
     result = project.runpytest_inprocess("--linuxdmabuf-vm", "--linuxdmabuf-vm-append", "cma=0",
                                          "--linuxdmabuf-vm-append=vkms.enable_overlay=1", "sub")

@@ -17,7 +17,7 @@ import pytest
 from helpers import run_group
 
 from linuxdmabuf import vm
-from linuxdmabuf.vm import kernels
+from linuxdmabuf.vm import kernels, userland
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VM_LIMIT = 300  # seconds: no test here may take longer, whatever happens in the VM
@@ -102,7 +102,7 @@ def test_full_kernel_that_cannot_be_had_says_how_to_get_one(monkeypatch, tmp_pat
     monkeypatch.setenv("LINUXDMABUF_CACHE", str(tmp_path))
     monkeypatch.setenv("LINUXDMABUF_DEBIAN_MIRROR", f"http://127.0.0.1:{closed_port()}/debian")
     monkeypatch.delenv("LINUXDMABUF_FULL_KERNEL", raising=False)
-    monkeypatch.setattr(kernels, "_prebuilt_full", lambda: None)
+    monkeypatch.setattr(kernels, "_prebuilt_full", lambda arch: None)
     with pytest.raises(kernels.KernelError, match="LINUXDMABUF_FULL_KERNEL"):
         kernels.resolve("full", fetch=False)
     assert vm.main(["--fetch", "--kernel", "full"]) == vm.EXIT_RUNNER
@@ -128,6 +128,126 @@ def test_kernel_image_check_accepts_a_bzimage():
     except kernels.KernelError as e:
         pytest.skip(str(e))
     assert kernels.check_image(image) == image
+
+
+# -- guest architectures: images checked, programs named, userlands complete or absent ---------------
+
+
+@pytest.fixture
+def fake_images(tmp_path):
+    """A file with an x86 boot header, an arm64 Image header, and that Image gzip'd: what check_image reads."""
+    import gzip
+
+    bz, image, gz = tmp_path / "bzImage", tmp_path / "Image", tmp_path / "Image.gz"
+    bz.write_bytes(b"\0" * 0x202 + b"HdrS" + b"\0" * 64)
+    image.write_bytes(b"\0" * 0x38 + b"ARM\x64" + b"\0" * 0x200)
+    gz.write_bytes(gzip.compress(image.read_bytes()))
+    return str(bz), str(image), str(gz)
+
+
+def test_kernel_images_are_told_apart_and_a_mismatch_names_both(fake_images):
+    bz, image, gz = fake_images
+    assert [kernels.image_arch(p) for p in fake_images] == ["x86_64", "arm64", "arm64"]
+    assert kernels.check_image(gz, arch="arm64") == gz
+    code, out, err = linuxdmabuf_vm("--arch", "arm64", "--kernel", bz, "--", "true")
+    assert code == vm.EXIT_RUNNER and out == ""
+    assert f"kernel image {bz} is an x86_64 kernel, but the VM's architecture is arm64" in err
+    code, out, err = linuxdmabuf_vm("--kernel", image, "--", "true")
+    assert code == vm.EXIT_RUNNER and "is an arm64 kernel, but the VM's architecture is x86_64" in err
+    code, out, err = linuxdmabuf_vm("--arch", "i386", "--kernel", gz, "--", "true")  # i386 runs on x86_64
+    assert code == vm.EXIT_RUNNER and "is an arm64 kernel, but the VM's architecture is x86_64" in err
+
+
+def test_unknown_architecture_is_refused_with_the_choices():
+    code, out, err = linuxdmabuf_vm("--arch", "aarch64", "--", "true")
+    assert code == 2 and "invalid choice: 'aarch64'" in err and "arm64" in err
+    with pytest.raises(vm.VMError, match="no guest architecture 'sparc': use one of x86_64, arm64, armhf, i386"):
+        vm.run(["true"], arch="sparc")
+
+
+@pytest.mark.parametrize("arch, program, fix", [
+    ("arm64", "qemu-system-aarch64", "apt-get install qemu-system-arm"),
+    ("armhf", "qemu-system-aarch64", "apt-get install qemu-system-arm"),
+    ("i386", "qemu-system-x86_64", "apt-get install qemu-system-x86"),
+])
+def test_missing_qemu_for_the_architecture_is_named(monkeypatch, capsys, arch, program, fix):
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == program else real_which(name, *a, **k))
+    assert vm.main(["--arch", arch, "--", "true"]) == vm.EXIT_RUNNER
+    err = capsys.readouterr().err
+    assert f"{program} not found" in err and fix in err
+
+
+def test_missing_mmdebstrap_is_named_and_nothing_is_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("LINUXDMABUF_CACHE", str(tmp_path))
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "mmdebstrap" else real_which(name, *a, **k))
+    with pytest.raises(kernels.KernelError, match="needs mmdebstrap: apt-get install mmdebstrap"):
+        userland.resolve("armhf", log=lambda message: None)
+    with pytest.raises(kernels.KernelError, match="the x86_64 guest boots this machine's own root"):
+        userland.resolve("x86_64")
+    assert not list(tmp_path.rglob("userland.json"))
+
+
+@pytest.mark.skipif(not shutil.which("mmdebstrap"), reason="no mmdebstrap here (apt-get install mmdebstrap)")
+def test_userland_build_failing_half_way_leaves_nothing(monkeypatch, tmp_path):
+    code, out, err = linuxdmabuf_vm("--fetch", "--arch", "arm64", "--kernel", "debian-7.2",
+                                    env={"LINUXDMABUF_CACHE": str(tmp_path),
+                                         "LINUXDMABUF_DEBIAN_MIRROR": f"http://127.0.0.1:{closed_port()}/debian"})
+    assert code == vm.EXIT_RUNNER and "apt-get update of Debian unstable" in err
+    (tmp_path / "kernels" / "debian-7.2-arm64" / "7.2.13").mkdir(parents=True)  # as if it were cached
+    (tmp_path / "kernels" / "debian-7.2-arm64" / "7.2.13" / "vmlinuz").write_bytes(b"cached")
+    (tmp_path / "kernels" / "debian-7.2-arm64" / "7.2.13" / "kernel.json").write_text(json.dumps(
+        {"spec": "debian-7.2", "version": "7.2.13", "image": "vmlinuz"}))
+    code, out, err = linuxdmabuf_vm("--fetch", "--arch", "arm64", "--kernel", "debian-7.2",
+                                    env={"LINUXDMABUF_CACHE": str(tmp_path),
+                                         "LINUXDMABUF_DEBIAN_MIRROR": f"http://127.0.0.1:{closed_port()}/debian"})
+    assert code == vm.EXIT_RUNNER and "mmdebstrap of Debian trixie arm64 failed" in err, err
+    assert not list(tmp_path.rglob("userland.json")) and not list((tmp_path / "userlands").glob(".partial-*"))
+    monkeypatch.setenv("LINUXDMABUF_CACHE", str(tmp_path))
+    with pytest.raises(kernels.KernelError, match="no arm64 userland is cached: run `linuxdmabuf vm --fetch --arch"):
+        userland.resolve("arm64", fetch=False)
+
+
+def test_a_cached_userland_is_used_without_network(monkeypatch, tmp_path):
+    monkeypatch.setenv("LINUXDMABUF_CACHE", str(tmp_path))
+    monkeypatch.setenv("LINUXDMABUF_DEBIAN_MIRROR", f"http://127.0.0.1:{closed_port()}/debian")
+    entry = tmp_path / "userlands" / userland._entry_name(userland.ARCHES["i386"])
+    (entry / "root").mkdir(parents=True)
+    (entry / "userland.json").write_text("{}")
+    assert userland.resolve("i386") == str(entry / "root")
+
+
+def foreign_guests():
+    """The foreign guest architectures this machine can boot (QEMU, a kernel for them), else why not."""
+    for arch in ("arm64", "armhf", "i386"):
+        guest = vm.ARCHES[arch]
+        why = can_boot()
+        try:
+            kernels.resolve("full", fetch=False, arch=guest.kernel)
+        except kernels.KernelError as e:
+            why.append(str(e))
+        if not shutil.which(kernels.KERNEL_ARCHES[guest.kernel].qemu):
+            why.append(f"no {kernels.KERNEL_ARCHES[guest.kernel].qemu}")
+        if not shutil.which("mmdebstrap"):
+            why.append("no mmdebstrap")
+        yield pytest.param(arch, marks=pytest.mark.skipif(bool(why), reason=f"cannot boot {arch}: {', '.join(why)}"))
+
+
+@pytest.mark.slow
+@in_vm
+@pytest.mark.parametrize("arch", list(foreign_guests()))
+def test_a_foreign_guest_runs_its_own_python_with_this_package(arch):
+    """`linuxdmabuf vm --arch ARCH -- python3 ...`: the guest's own python3, of its word size, imports this
+    package from the shared checkout, and the guest command's status comes back."""
+    probe = ("import linuxdmabuf, platform, struct, sys; print(platform.machine(), struct.calcsize('P') * 8, "
+             "linuxdmabuf.__file__); sys.exit(3)")
+    code, out, err = linuxdmabuf_vm("--arch", arch, "--", "python3", "-c", probe, timeout=VM_LIMIT)
+    assert code == 3, err
+    machine, bits, where = out.split()
+    assert (machine, bits) == {"arm64": ("aarch64", "64"), "armhf": ("aarch64", "32"), "i386": ("x86_64", "32")}[arch]
+    assert where.startswith(vm.GUEST_PYTHONPATH) or where.startswith(TOP)
+    assert f"full {arch} kernel" in err and "booted" in err
 
 
 # -- the kernel cache: complete or absent, and no network once cached ----------------------
@@ -159,7 +279,7 @@ class FakeApt:
     debs = {}
     raises = None
 
-    def __init__(self, suite, workdir):
+    def __init__(self, suite, workdir, arch=None):
         self.mirror, self.suite = "http://127.0.0.1:9/debian", suite
         os.makedirs(workdir)
 

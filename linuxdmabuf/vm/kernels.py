@@ -69,19 +69,19 @@ KERNEL_ARCHES = {
 _FULL = ("udmabuf", "heap:system", "cma_heap:default_cma_region", "cma_heap:reserved", "sw_sync", "drm:vgem",
          "drm:vkms", "drm:virtio_gpu", "syncobj:timeline", "v4l2:vivid", "v4l2:vim2m", "v4l2:vicodec",
          "debugfs:bufinfo")
-_DEBIAN = ("udmabuf", "drm:vgem", "drm:virtio_gpu", "syncobj:timeline", "v4l2:vivid")
+_DEBIAN = ("udmabuf", "heap:system", "drm:vgem", "drm:virtio_gpu", "syncobj:timeline", "v4l2:vivid")
 # Keyed by spec on x86_64, "spec/arch" for the other guest architectures
 # (linuxdmabuf.vm.userland.ARCHES): a 32-bit userland has what its kernel has.
 # The arm64 full kernel has no FTRACE (virtme-ng's arm64 base config), so no
 # trace events; Debian's arm64 kernels have no dma-heaps at all.
 EXPECTED = {
     "full": (*_FULL, "trace:dma_buf"),
-    "debian-7.2": (*_DEBIAN, "heap:system", "trace:dma_buf"),
-    "debian-6.12": (*_DEBIAN, "heap:system"),
+    "debian-7.2": (*_DEBIAN, "trace:dma_buf"),
+    "debian-6.12": _DEBIAN,
     "full/i386": (*_FULL, "trace:dma_buf"),
     "full/arm64": _FULL,
     "full/armhf": _FULL,
-    "debian-7.2/arm64": (*_DEBIAN, "trace:dma_buf"),
+    "debian-7.2/arm64": (*(f for f in _DEBIAN if f != "heap:system"), "trace:dma_buf"),
 }
 
 
@@ -126,7 +126,7 @@ def _version_key(version: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", version)]
 
 
-def _cached(spec: str, arch: str) -> Kernel | None:
+def _cached(spec: str, arch: str = "x86_64") -> Kernel | None:
     """The newest complete cache entry for `spec` on `arch` (entries being assembled start with a dot)."""
     entries = []
     for meta in glob.glob(os.path.join(cache_dir(), "kernels", _entry(spec, arch), "*", "kernel.json")):

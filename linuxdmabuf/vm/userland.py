@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -83,6 +84,7 @@ def _cached(arch: GuestArch) -> str | None:
 
 def resolve(name: str, *, fetch: bool = True, log=None) -> str:
     """The root directory of the Debian userland for guest architecture `name`, built once if need be."""
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     arch = guest_arch(name)
     if arch.debian is None:
         raise KernelError(f"the {name} guest boots this machine's own root filesystem, not a userland")
