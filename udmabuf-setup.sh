@@ -6,9 +6,11 @@
 #   sudo ./udmabuf-setup.sh --uninstall       undo exactly what step 2 changed (recorded in its state file)
 #   ./udmabuf-setup.sh --check [--devices-only]  report what is set up and what is missing; change nothing
 #
-# 1. Installs what the project needs: apt (QEMU, kmod, busybox-static, file, a C
-#    compiler, python3-venv, debian-archive-keyring) and, in .venv, the package
-#    with its test extras and virtme-ng.
+# 1. Installs what the project needs: apt (QEMU for x86_64 and arm64 guests,
+#    qemu-user-static, mmdebstrap for the foreign guests' userlands, kmod,
+#    busybox-static, file, a C compiler and the cross compilers of the layout
+#    proof, python3-venv, debian-archive-keyring, valgrind) and, in .venv, the
+#    package with its test extras and virtme-ng.
 # 2. On a host whose kernel has udmabuf/dma-heaps: loads udmabuf, installs a udev
 #    rule giving group NAME (default video; created if missing), never the world,
 #    access to /dev/udmabuf and /dev/dma_heap/*, adds the invoking user ($SUDO_USER)
@@ -16,7 +18,8 @@
 #    allocates from every device as that user to prove it works. What it changed
 #    is recorded in /var/lib/linuxdmabuf/udmabuf-setup.state for --uninstall.
 #    Where the kernel lacks them: prepares the VM runner instead (the full kernel
-#    and Debian's 7.2 and 6.12 kernels, cached).
+#    and Debian's 7.2 and 6.12 kernels, the arm64 ones, and the Debian userlands
+#    of the arm64, armhf and i386 guests, cached).
 # 3. Runs `linuxdmabuf demo` on real buffers: on the host where possible, else in the VM.
 set -euo pipefail
 
@@ -27,7 +30,9 @@ mode=setup
 demo=1
 rules=/etc/udev/rules.d/70-linuxdmabuf.rules
 apt_packages=(qemu-system-x86 kmod busybox-static file gcc libc6-dev python3-venv debian-archive-keyring util-linux
-              valgrind)
+              valgrind qemu-system-arm qemu-user-static mmdebstrap
+              gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+              gcc-i686-linux-gnu libc6-dev-i386-cross)
 kernels=full,debian-7.2,debian-6.12
 devices_only=0
 group_given=0
@@ -361,6 +366,13 @@ uninstall_host() {
 setup_vm() {
     say "host kernel has no udmabuf/dma-heaps: preparing the VM runner (kernels: $kernels)"
     (cd "$top" && PATH="$venv/bin:$PATH" "$venv/bin/python" -m linuxdmabuf vm --fetch --kernel "$kernels")
+    # The other guest architectures of the test matrix: arm64's kernels, each one's Debian userland.
+    say "preparing the arm64, armhf and i386 guests (their kernels and Debian userlands, cached)"
+    local arch
+    for arch in arm64:full,debian-7.2 armhf:full i386:full; do
+        (cd "$top" && PATH="$venv/bin:$PATH" "$venv/bin/python" -m linuxdmabuf vm --fetch --arch "${arch%%:*}" \
+            --kernel "${arch#*:}")
+    done
 }
 
 run_demo() {

@@ -56,11 +56,11 @@ ARCHES = {
 
 # Debian's Essential set (mmdebstrap's extract variant unpacks only what it is
 # given, and virtme-ng's guest init is a bash script using these), mount,
-# passwd (groupadd, gpasswd), kmod (modprobe), busybox (virtme-ng's initramfs
+# passwd (groupadd, gpasswd), mawk (awk), kmod (modprobe), busybox (virtme-ng's initramfs
 # and poweroff), and what this package and its tests import.
 PACKAGES = ("base-files", "base-passwd", "bash", "bsdutils", "coreutils", "dash", "debianutils", "diffutils",
             "findutils", "grep", "gzip", "hostname", "libc-bin", "login", "ncurses-bin", "sed", "sysvinit-utils",
-            "tar", "util-linux", "mount", "passwd", "kmod", "busybox-static", "python3", "python3-cffi-backend",
+            "tar", "util-linux", "mount", "passwd", "mawk", "kmod", "busybox-static", "python3", "python3-cffi-backend",
             "python3-pytest", "python3-numpy", "python3-hypothesis", "python3-psutil", "python3-pyudev")
 
 
