@@ -297,6 +297,9 @@ def collect() -> dict:
 
     features = linuxdmabuf.features()
     providers = [h["name"] for h in heaps if h["can_allocate"]] + (["udmabuf"] if udmabuf.get("can_allocate") else [])
+    if providers:  # something allocates (udmabuf on a kernel without dma-heaps, as Debian's arm64): nothing blocks
+        for f in fixes:
+            f["blocks_allocation"] = False
     if providers and not features["export_sync_file"]:
         fix("no DMA_BUF_IOCTL_EXPORT_SYNC_FILE/IMPORT_SYNC_FILE", "Linux 6.0 or later")
     if providers and not features["set_deadline"]:
