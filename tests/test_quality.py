@@ -9,7 +9,7 @@ import pytest
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINTED = ["linuxdmabuf", "tests", "cdefs", "examples", "tools/run-tests", "tools/bench", "tools/bench-dump",
-          "tools/uapi-headers"]
+          "tools/uapi-headers", "tools/boot-times"]
 
 
 def _run(*args, **kwargs) -> subprocess.CompletedProcess:

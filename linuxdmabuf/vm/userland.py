@@ -65,8 +65,10 @@ PACKAGES = ("base-files", "base-passwd", "bash", "bsdutils", "coreutils", "dash"
 
 
 def _entry_name(arch: "GuestArch") -> str:
-    """The cache entry of `arch`'s userland: another package list is another entry."""
-    digest = hashlib.sha256(" ".join(PACKAGES).encode()).hexdigest()[:8]
+    """The cache entry of `arch`'s userland: another recipe (this file: the package list, what is done
+    after unpacking) is another entry."""
+    with open(__file__, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:8]
     return f"{arch.name}-{SUITE}-{digest}"
 
 
@@ -135,10 +137,15 @@ def _finish(root: str, arch: GuestArch) -> None:
         shutil.copy(master, os.path.join(root, "etc", name))
         with open(master) as f, open(os.path.join(root, "etc", shadow), "w") as out:
             out.writelines(line.split(":", 1)[0] + fields + "\n" for line in f if line.strip())
+    # update-alternatives: numpy's BLAS and LAPACK, awk (udmabuf-setup.sh) and which
     libdir = os.path.join(root, "usr", "lib", arch.triplet)
-    for library in glob.glob(os.path.join(libdir, "blas", "lib*.so.3")) + \
-            glob.glob(os.path.join(libdir, "lapack", "lib*.so.3")):  # update-alternatives, for numpy
-        os.symlink(os.path.relpath(library, libdir), os.path.join(libdir, os.path.basename(library)))
+    links = {os.path.join(libdir, os.path.basename(library)): os.path.relpath(library, libdir)
+             for library in glob.glob(os.path.join(libdir, "blas", "lib*.so.3")) +
+             glob.glob(os.path.join(libdir, "lapack", "lib*.so.3"))}
+    links.update({os.path.join(root, "usr", "bin", "awk"): "mawk",
+                  os.path.join(root, "usr", "bin", "which"): "which.debianutils"})
+    for link, target in links.items():
+        os.symlink(target, link)
     # virtme-ng's guest init ends with `poweroff -f` (systemd's, absent here): busybox's does it.
     os.symlink("/usr/bin/busybox", os.path.join(root, "usr", "sbin", "poweroff"))
 
