@@ -375,7 +375,7 @@ def fetch_debian(spec: str, log, kernel_arch: str = "x86_64") -> Kernel:
     arch = KERNEL_ARCHES[kernel_arch].debian
     staging = _staging(_entry(spec, kernel_arch))
     try:
-        log(f"linuxdmabuf vm: {spec} is not cached: reading Debian {suite}'s package index")
+        log(f"linuxdmabuf vm: {spec} ({kernel_arch}) is not cached: reading Debian {suite}'s package index")
         apt = _Apt(suite, os.path.join(staging, "apt"), arch)
         ver = re.escape(series) + r"\.[0-9.]+(\+deb[0-9]+)?-" + arch
         binary = apt.newest(f"linux-binary-{ver}")  # sid splits image, modules and base files
