@@ -209,6 +209,17 @@ def test_userland_build_failing_half_way_leaves_nothing(monkeypatch, tmp_path):
         userland.resolve("arm64", fetch=False)
 
 
+def test_building_the_arm64_full_kernel_without_a_cross_compiler_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("LINUXDMABUF_CACHE", str(tmp_path))
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which",
+                        lambda name, *a, **k: None if name == "aarch64-linux-gnu-gcc" else real_which(name, *a, **k))
+    with pytest.raises(kernels.KernelError, match="apt-get install .*gcc-aarch64-linux-gnu.*"
+                                                  "LINUXDMABUF_FULL_KERNEL_ARM64"):
+        kernels.build_full(lambda message: None, "arm64")
+    assert not list(tmp_path.rglob("kernel.json"))
+
+
 def test_a_cached_userland_is_used_without_network(monkeypatch, tmp_path):
     monkeypatch.setenv("LINUXDMABUF_CACHE", str(tmp_path))
     monkeypatch.setenv("LINUXDMABUF_DEBIAN_MIRROR", f"http://127.0.0.1:{closed_port()}/debian")
