@@ -326,23 +326,11 @@ def _console_tail(path: str, lines: int = 40) -> str:
 # A foreign guest's own PATH; this machine's interpreters and venvs mean nothing there.
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV_HOST_ONLY = {"PATH", "VIRTUAL_ENV", "PYTHONHOME", "LD_LIBRARY_PATH", "LD_PRELOAD", "CONDA_PREFIX"}
-# Where a foreign guest sees this package (read-only), put on its PYTHONPATH.
-GUEST_PYTHONPATH = "/run/linuxdmabuf/python"
-GUEST_PYCACHE = "/run/linuxdmabuf/pycache"  # a foreign guest's bytecode, kept in <cache>/pycache/<arch>
-
-
-def _distribution_metadata(directory: str) -> str:
-    """`directory`, holding this package's distribution metadata for a foreign guest's Python: its
-    pytest plugin's entry point, so that pytest there loads it as it does here."""
-    from linuxdmabuf import __version__
-
-    info = os.path.join(directory, f"linuxdmabuf-{__version__}.dist-info")
-    os.makedirs(info)
-    with open(os.path.join(info, "METADATA"), "w") as f:
-        f.write(f"Metadata-Version: 2.1\nName: linuxdmabuf\nVersion: {__version__}\n")
-    with open(os.path.join(info, "entry_points.txt"), "w") as f:
-        f.write("[pytest11]\nlinuxdmabuf = linuxdmabuf.pytest_plugin\n")
-    return directory
+# Where a foreign guest sees this runner's cache (kernels, this package's copy, its bytecode): one
+# mount, as every mount costs virtme-ng three kernel command-line words that the kernel hands to init
+# as environment variables, of which it takes at most 32 (more panics it at boot: "Too many boot env
+# vars"; Debian's arm64 kernel with the test runner's mounts went over).
+GUEST_CACHE = "/run/linuxdmabuf/cache"
 
 
 def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str | None = None, cpus: int = 2,
@@ -428,29 +416,31 @@ def run(cmd, *, kernel: str | Kernel = "full", cwd: str | None = None, user: str
             opened = []
             for name in _ENV_HOST_ONLY:
                 env.pop(name, None)
-            package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             env["PATH"] = GUEST_PATH
-            # The shared trees are read-only there and their bytecode is this machine's Python's: the
-            # guest's Python keeps its own in the cache, next to its userland, for every later boot
-            # (compiling this package and the tests under emulation: 1.5 s per process start).
-            pycache = os.path.join(cache_dir(), "pycache", arch)
-            os.makedirs(pycache, exist_ok=True)
-            env.setdefault("PYTHONPYCACHEPREFIX", GUEST_PYCACHE)
-            metadata = _distribution_metadata(os.path.join(outdir, "python"))
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [GUEST_PYTHONPATH, metadata,
+            # This package, with its distribution metadata (pytest's entry point for its plugin),
+            # copied once per content into the cache. The shared trees are read-only there and their
+            # bytecode is this machine's Python's: the guest's Python keeps its own in the cache too,
+            # for every later boot (compiling under emulation: 1.5 s per process start).
+            cache = os.path.realpath(cache_dir())
+            package = userland.package_copy(cache)
+            env.setdefault("PYTHONPYCACHEPREFIX", f"{GUEST_CACHE}/pycache/{arch}")
+            os.makedirs(os.path.join(cache, "pycache", arch), exist_ok=True)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [f"{GUEST_CACHE}/{os.path.relpath(package, cache)}",
                                                               os.environ.get("PYTHONPATH")]))
             writable = [os.path.abspath(d) for d in (outdir, *rwdirs)]
-            mounts = [f"--rwdir={d}={d}" for d in writable]
+            mounts = [f"--rwdir={d}={d}" for d in writable] + [f"--rwdir={GUEST_CACHE}={cache}"]
             if cwd not in writable:
                 mounts.append(f"--rodir={cwd}={cwd}")
-            mounts.append(f"--rodir={GUEST_PYTHONPATH}/linuxdmabuf={package}")
-            mounts.append(f"--rwdir={GUEST_PYCACHE}={pycache}")
             guest_dirs = [cwd, *writable]
-            moddir = os.path.dirname(kernel.image)
+            moddir = os.path.dirname(os.path.realpath(kernel.image))
             if os.path.exists(os.path.join(moddir, "modules.dep")):
                 # A Debian kernel's modules: virtme-ng expects them in the root it is given.
-                guest_dirs.append(f"/usr/lib/modules/{os.path.basename(moddir)}")
-                mounts.append(f"--rodir={guest_dirs[-1]}={moddir}")
+                modules = f"/usr/lib/modules/{os.path.basename(moddir)}"
+                if moddir.startswith(cache + os.sep):
+                    userland.link(root, modules, f"{GUEST_CACHE}/{os.path.relpath(moddir, cache)}")
+                else:
+                    guest_dirs.append(modules)
+                    mounts.append(f"--rodir={modules}={moddir}")
             userland.mountpoints(root, guest_dirs)
         script = write_private(os.path.join(outdir, "guest.sh"),
                                _guest_script(outdir, cmd, cwd, env, user, opened, kernel.spec, arch))

@@ -164,3 +164,56 @@ def mountpoints(root: str, paths) -> None:
             mode = os.stat(inside).st_mode
             if not mode & 0o001:
                 os.chmod(inside, (mode & 0o7777) | 0o001)
+
+
+def link(root: str, path: str, target: str) -> None:
+    """Make `path` in the userland `root` a symbolic link to `target` (a path in the guest)."""
+    inside = os.path.join(root, path.lstrip("/"))
+    if os.path.islink(inside) and os.readlink(inside) == target:
+        return
+    if os.path.isdir(inside) and not os.path.islink(inside):
+        os.rmdir(inside)  # a mount point of an earlier version: empty
+    elif os.path.lexists(inside):
+        os.remove(inside)
+    os.makedirs(os.path.dirname(inside), exist_ok=True)
+    os.symlink(target, inside)
+
+
+def package_copy(cache: str) -> str:
+    """A directory under `cache` holding a copy of this package and its distribution metadata (the
+    pytest plugin's entry point), named by the package's content: made once per version, complete or
+    absent, and a stable path for the guest's bytecode cache."""
+    from linuxdmabuf import __version__
+
+    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = sorted(os.path.relpath(os.path.join(d, name), source)
+                   for d, dirs, names in os.walk(source) if "__pycache__" not in d
+                   for name in names if not name.endswith(".pyc"))
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(source, name), "rb") as f:
+            digest.update(f.read())
+    final = os.path.join(cache, "python", digest.hexdigest()[:12])
+    if os.path.isdir(final):
+        return final
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(final))
+    try:
+        for name in files:
+            os.makedirs(os.path.dirname(os.path.join(staging, "linuxdmabuf", name)), exist_ok=True)
+            shutil.copy2(os.path.join(source, name), os.path.join(staging, "linuxdmabuf", name))
+        info = os.path.join(staging, f"linuxdmabuf-{__version__}.dist-info")
+        os.makedirs(info)
+        with open(os.path.join(info, "METADATA"), "w") as f:
+            f.write(f"Metadata-Version: 2.1\nName: linuxdmabuf\nVersion: {__version__}\n")
+        with open(os.path.join(info, "entry_points.txt"), "w") as f:
+            f.write("[pytest11]\nlinuxdmabuf = linuxdmabuf.pytest_plugin\n")
+        try:
+            os.rename(staging, final)
+        except OSError:  # another run made the same copy meanwhile
+            shutil.rmtree(staging)
+        return final
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
