@@ -229,6 +229,20 @@ def test_a_cached_userland_is_used_without_network(monkeypatch, tmp_path):
     assert userland.resolve("i386") == str(entry / "root")
 
 
+def test_the_package_copy_for_a_foreign_guest_is_for_every_user_of_the_guest(tmp_path):
+    """A foreign guest imports this package from its copy in the cache: the tests' unprivileged users
+    (nobody, a group member) must read it, and none may change it."""
+    copy = userland.package_copy(str(tmp_path))
+    assert userland.package_copy(str(tmp_path)) == copy
+    for d, dirs, names in os.walk(copy):
+        assert os.stat(d).st_mode & 0o7777 == 0o755, d
+        for name in names:
+            assert os.stat(os.path.join(d, name)).st_mode & 0o066 == 0o044, name
+    assert os.path.isfile(os.path.join(copy, "linuxdmabuf", "vm", "userland.py"))
+    info = next(n for n in os.listdir(copy) if n.endswith(".dist-info"))
+    assert "linuxdmabuf = linuxdmabuf.pytest_plugin" in open(os.path.join(copy, info, "entry_points.txt")).read()
+
+
 def foreign_guests():
     """The foreign guest architectures this machine can boot (QEMU, a kernel for them), else why not."""
     for arch in ("arm64", "armhf", "i386"):

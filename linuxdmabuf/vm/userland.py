@@ -209,6 +209,7 @@ def package_copy(cache: str) -> str:
             f.write(f"Metadata-Version: 2.1\nName: linuxdmabuf\nVersion: {__version__}\n")
         with open(os.path.join(info, "entry_points.txt"), "w") as f:
             f.write("[pytest11]\nlinuxdmabuf = linuxdmabuf.pytest_plugin\n")
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the package from the guest's other users
         try:
             os.rename(staging, final)
         except OSError:  # another run made the same copy meanwhile
