@@ -23,3 +23,12 @@ def debugfs_mount() -> str | None:
 def tracefs_mount() -> str | None:
     """Where tracefs is mounted (normally /sys/kernel/tracing; <debugfs>/tracing on old set-ups), or None."""
     return mount_point("tracefs")
+
+
+def kernel_has(fstype: str) -> bool:
+    """Whether the running kernel has file system `fstype` (/proc/filesystems); True without /proc."""
+    try:
+        with open("/proc/filesystems") as f:
+            return any(line.split()[-1:] == [fstype] for line in f)
+    except FileNotFoundError:
+        return True

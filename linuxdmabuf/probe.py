@@ -199,7 +199,7 @@ def _debugfs(name):
 
 
 def _trace(system):
-    from ._mounts import debugfs_mount
+    from ._mounts import debugfs_mount, kernel_has
 
     for root in ("/sys/kernel/tracing", os.path.join(debugfs_mount() or "/nonexistent", "tracing")):
         events = os.path.join(root, "events")
@@ -211,6 +211,8 @@ def _trace(system):
             if not os.access(events, os.R_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, f"{events} is readable by root only")
             return f"tracefs at {root} has no events/{system}"
+    if not kernel_has("tracefs"):
+        return "this kernel has no tracefs (CONFIG_TRACING)"
     return "tracefs is not mounted (mount -t tracefs none /sys/kernel/tracing)"
 
 

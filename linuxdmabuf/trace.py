@@ -35,7 +35,7 @@ import select
 import struct
 from typing import NamedTuple
 
-from ._mounts import debugfs_mount, tracefs_mount
+from ._mounts import debugfs_mount, kernel_has, tracefs_mount
 from ._sys import UnsupportedError, check_int
 
 __all__ = ["Event", "Tracer", "tracefs_root", "KINDS"]
@@ -75,6 +75,9 @@ def tracefs_root() -> str:
     root = tracefs_mount()
     if root is None and debugfs_mount() and os.path.isdir(os.path.join(debugfs_mount() or "", "tracing", "events")):
         root = os.path.join(debugfs_mount() or "", "tracing")
+    if root is None and not kernel_has("tracefs"):
+        raise UnsupportedError(errno.ENODEV, f"kernel {os.uname().release} has no tracefs, so no dma_buf trace "
+                               "events: they need a kernel with tracing (CONFIG_TRACING), Linux 7.0+")
     if root is None:
         try:
             import ctypes

@@ -229,6 +229,15 @@ def test_a_cached_userland_is_used_without_network(monkeypatch, tmp_path):
     assert userland.resolve("i386") == str(entry / "root")
 
 
+def test_a_userland_is_keyed_by_its_recipe(monkeypatch):
+    """Another package list or suite is another cache entry; the name says the architecture and suite."""
+    arm64 = userland.ARCHES["arm64"]
+    name = userland._entry_name(arm64)
+    assert name.startswith("arm64-trixie-") and name == userland._entry_name(arm64)
+    monkeypatch.setattr(userland, "PACKAGES", userland.PACKAGES + ("strace",))
+    assert userland._entry_name(arm64) != name
+
+
 def test_the_package_copy_for_a_foreign_guest_is_for_every_user_of_the_guest(tmp_path):
     """A foreign guest imports this package from its copy in the cache: the tests' unprivileged users
     (nobody, a group member) must read it, and none may change it."""

@@ -14,6 +14,7 @@ place as the last step, under a lock per architecture.
 """
 import glob
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -65,11 +66,10 @@ PACKAGES = ("base-files", "base-passwd", "bash", "bsdutils", "coreutils", "dash"
 
 
 def _entry_name(arch: "GuestArch") -> str:
-    """The cache entry of `arch`'s userland: another recipe (this file: the package list, what is done
-    after unpacking) is another entry."""
-    with open(__file__, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:8]
-    return f"{arch.name}-{SUITE}-{digest}"
+    """The cache entry of `arch`'s userland: another recipe (the suite, the package list, what is done
+    after unpacking) is another entry; the rest of this module may change without a rebuild."""
+    recipe = json.dumps([SUITE, PACKAGES]) + inspect.getsource(_finish)
+    return f"{arch.name}-{SUITE}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
 
 
 def guest_arch(name: str) -> GuestArch:
