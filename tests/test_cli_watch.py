@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from linuxdmabuf._mounts import kernel_has
 from linuxdmabuf.cli import watch
 from linuxdmabuf.pytest_plugin import has, need
 
@@ -245,8 +246,7 @@ def test_watch_buffers_without_the_trace_events_scans_and_says_why():
     run = _watch_run("--json", "--buffers", "--timeout", "0.5")
     assert run.returncode == 0, run.stderr
     start = json.loads(run.stdout.splitlines()[0])
-    with open("/proc/filesystems") as f:
-        tracing = "tracefs" in f.read()
+    tracing = kernel_has("tracefs")
     # Tracing without the events (6.12), or no tracing at all (the arm64 full kernel)
     why = "they came in Linux 7.0" if tracing else "(CONFIG_TRACING)"
     assert start["buffers_from"] == "scan" and why in start["no_trace"], start
@@ -260,7 +260,7 @@ def test_watch_runs_unprivileged():
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert [r["event"] for r in lines][:2] == ["start", "buffers"] and lines[-1]["event"] == "stop"
-    with open("/proc/filesystems") as f:  # a kernel without tracing (the arm64 full one): root would not help
-        why = "as root" if "tracefs" in f.read() else "(CONFIG_TRACING)"
+    # a kernel without tracing (the arm64 full one): root would not help
+    why = "as root" if kernel_has("tracefs") else "(CONFIG_TRACING)"
     assert lines[0]["buffers_from"] == "scan" and why in lines[0]["no_trace"], lines[0]
     assert "made" not in lines[1]  # no trace, so no word on who made them

@@ -15,6 +15,7 @@ import pytest
 from reliability import scaled
 
 from linuxdmabuf import UnsupportedError, probe
+from linuxdmabuf._mounts import kernel_has
 from linuxdmabuf.pytest_plugin import has, need
 
 pytestmark = pytest.mark.kernel
@@ -152,8 +153,7 @@ def test_a_kernel_without_the_events_says_so():
 
     if has("trace:dma_buf"):
         pytest.skip(f"kernel {os.uname().release} has the dma_buf trace events (the reverse case runs on 6.12)")
-    with open("/proc/filesystems") as f:
-        tracing = "tracefs" in f.read()
+    tracing = kernel_has("tracefs")
     # Tracing without the events (6.12), or no tracing at all (the arm64 full kernel): each says which
     why = "dma_buf trace events .* they came in Linux 7.0" if tracing else r"has no tracefs.*\(CONFIG_TRACING\)"
     with pytest.raises(UnsupportedError, match=why):
@@ -168,15 +168,14 @@ def test_a_kernel_without_the_events_says_so():
 def test_an_unprivileged_user_is_told_to_trace_as_root():
     if os.geteuid() != 0:
         pytest.skip("needs root to run the tracer as nobody")
-    with open("/proc/filesystems") as f:
-        if "tracefs" not in f.read():
-            pytest.skip(f"kernel {os.uname().release} has no tracefs (CONFIG_TRACING): nothing to refuse")
+    if not kernel_has("tracefs"):
+        pytest.skip(f"kernel {os.uname().release} has no tracefs (CONFIG_TRACING): nothing to refuse")
     import pwd
 
     nobody = pwd.getpwnam("nobody")
-    probe = ("from linuxdmabuf import UnsupportedError\nfrom linuxdmabuf.trace import Tracer\ntry:\n    Tracer()\n"
+    script = ("from linuxdmabuf import UnsupportedError\nfrom linuxdmabuf.trace import Tracer\ntry:\n    Tracer()\n"
              "except UnsupportedError as e:\n    print('refused', e.errno, e)\n")
-    done = subprocess.run([sys.executable, "-c", probe], user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
+    done = subprocess.run([sys.executable, "-c", script], user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
                           capture_output=True, text=True, cwd="/")
     assert done.stdout.startswith("refused 13 ") and "root" in done.stdout, done.stdout + done.stderr
 

@@ -249,7 +249,8 @@ def test_the_package_copy_for_a_foreign_guest_is_for_every_user_of_the_guest(tmp
             assert os.stat(os.path.join(d, name)).st_mode & 0o066 == 0o044, name
     assert os.path.isfile(os.path.join(copy, "linuxdmabuf", "vm", "userland.py"))
     info = next(n for n in os.listdir(copy) if n.endswith(".dist-info"))
-    assert "linuxdmabuf = linuxdmabuf.pytest_plugin" in open(os.path.join(copy, info, "entry_points.txt")).read()
+    with open(os.path.join(copy, info, "entry_points.txt")) as f:
+        assert "linuxdmabuf = linuxdmabuf.pytest_plugin" in f.read()
 
 
 def foreign_guests():
